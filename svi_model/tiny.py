@@ -1,0 +1,125 @@
+"""Tiny Wan2.1-I2V components of the real diffusers/transformers classes, built offline in well under a second.
+
+They have the real architecture (36 input channels, CLIP image tokens, added K/V projections, a causal VAE with
+16 latent channels and the 4x temporal / 8x spatial compression) at a few kB of random weights, so every code
+path of the engine runs on a CPU in tests and in the demo. Nothing here downloads anything: the UMT5 tokenizer is
+a unigram vocabulary written out below (whole words plus single characters, so any text tokenizes).
+"""
+
+import os
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    T5Tokenizer,
+    UMT5Config,
+    UMT5EncoderModel,
+)
+
+from .schedule import SVI_SHIFT
+
+# Words common in SVI prompt streams and in the authors' negative prompt; anything else falls back to characters.
+_WORDS = """a an the of and in on at to with from into over under across through around toward while as is are
+its his her their it he she they camera slowly quickly gently pans tilts zooms moves walks runs flies swims rolls
+turns looks smiles stands sits jumps dances rides drives falls rises glows shines light lighting sunlight sunset
+sunrise night day morning evening sky cloud clouds sea ocean wave waves beach sand water river lake forest tree
+trees grass field flower flowers mountain mountains snow rain wind city street road car cars house window door room
+man woman person people child children girl boy dog cat horse bird fish ball red blue green yellow white black
+golden bright dark warm soft cinematic shot close wide view background foreground scene slow motion video frame
+style quality high detailed realistic natural smooth steady still static blurred details subtitles works paintings
+images overall gray worst low jpeg compression residue ugly incomplete extra fingers poorly drawn hands faces
+deformed disfigured misshapen limbs fused picture messy three legs many backwards walking tones overexposed""".split()
+_CHARACTERS = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()&/")
+
+
+def tiny_tokenizer() -> T5Tokenizer:
+    """A UMT5-layout tokenizer (`<pad>`=0, `</s>`=1, `<unk>`=2) over a fixed unigram vocabulary."""
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + word, -3.0) for word in dict.fromkeys(_WORDS)]
+    vocab += [(char, -6.0) for char in _CHARACTERS]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """Random tiny components in eval mode, keyed as `WanImageToVideoPipeline` expects them.
+
+    Sizes: transformer 2 blocks x 2 heads x 12 dims (36 in / 16 out channels, text 32, image 16), VAE base 3,
+    UMT5 d_model 32, CLIP ViT with 32x32 input and 8x8 patches (17 tokens of width 16; the real one is 257x1280).
+    """
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            feed_forward_proj="gated-gelu",
+        )
+    )
+    torch.manual_seed(seed + 1)
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            projection_dim=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    image_processor = CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32})
+    torch.manual_seed(seed + 2)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        image_dim=16,
+        added_kv_proj_dim=24,
+        rope_max_seq_len=64,
+    )
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    # Hand-built modules start in train mode; UMT5's dropout would make every run differ.
+    for module in (text_encoder, image_encoder, transformer, vae):
+        module.eval()
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        image_processor=image_processor,
+        transformer=transformer,
+        vae=vae,
+        # A stock class, so the saved folder loads anywhere; the engine always samples with SVIFlowMatchScheduler.
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=SVI_SHIFT),
+    )
+
+
+def save_tiny_model(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny model folder in the diffusers layout (`model_index.json`, `transformer/`, `vae/`, ...).
+
+    Returns the folder path. The folder loads with `svi_model.loading.load_wan_components` like a real one.
+    """
+    from diffusers import WanImageToVideoPipeline
+
+    WanImageToVideoPipeline(**tiny_components(seed)).save_pretrained(str(folder))
+    return str(folder)
