@@ -1,0 +1,182 @@
+"""The `svi` command line.
+
+    svi generate --mode film --image frame.jpg --prompts story.txt --clips 10 --model weights/Wan2.1-I2V-14B-480P \
+                 --lora weights/svi-film-opt-10212025.safetensors --out film.mp4
+    svi demo                 # the embedded default: tiny random model, bundled image and prompts, CPU
+
+Bad input ends with one `error:` line that names the input and what to do, and exit code 2.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEMO_IMAGE = PROJECT_ROOT / "assets" / "images" / "red-ball.png"
+DEMO_PROMPTS = PROJECT_ROOT / "prompts" / "examples" / "red-ball.txt"
+
+
+def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to render")
+    what.add_argument("--mode", choices=["film", "shot", "tom", "pro"], default="film", help="SVI variant (preset)")
+    what.add_argument("--image", type=Path, required=True, help="the reference image (first frame)")
+    prompts = what.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompts", type=Path, help="prompt stream file: .txt (one per line), .yaml, or prompts = [...]")
+    prompts.add_argument("--prompt", action="append", help="a prompt (repeat the flag for a stream)")
+    what.add_argument("--clips", type=int, default=None, help="clips to render (default: one per prompt)")
+    what.add_argument("--out", type=Path, default=Path("film.mp4"), help="output MP4 (clips are kept in OUT.clips/)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", type=Path, required=True, help="local Wan2.1-I2V-14B-480P folder")
+    model.add_argument("--lora", type=Path, help="SVI LoRA .safetensors (e.g. svi-film-opt-10212025.safetensors)")
+    model.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength alpha (default 1)")
+    model.add_argument("--no-fuse", dest="fuse_lora", action="store_false", help="keep the LoRA as an adapter")
+    sampling = parser.add_argument_group("sampling (defaults: the preset's, i.e. the paper's)")
+    sampling.add_argument("--steps", type=int)
+    sampling.add_argument("--cfg", type=float, dest="guidance_scale")
+    sampling.add_argument("--seed", type=int, help="base seed; clip k uses seed*k (default 42)")
+    sampling.add_argument("--frames", type=int, dest="num_frames", help="frames per clip, 4k+1 (default 81)")
+    sampling.add_argument("--motion-frames", type=int, help="m: frames of the previous clip that condition the next")
+    sampling.add_argument("--padding", choices=["zeros", "reference"])
+    sampling.add_argument("--reference-count", type=int, help="reference padding: k references, then zeros")
+    sampling.add_argument("--prompt-mode", choices=["first", "stream"])
+    sampling.add_argument("--prompt-repeat", type=int, help="clips per prompt of the stream")
+    output = parser.add_argument_group("output and hardware")
+    output.add_argument("--fps", type=float, default=16)
+    output.add_argument("--max-width", type=int, default=832, help="the image is resized to at most this width")
+    output.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    output.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="DiT and T5 dtype")
+    output.add_argument("--offload", choices=["none", "model", "group"], default="none", help="for smaller GPUs")
+    output.add_argument("--vae-tiling", action="store_true", help="less VAE memory (slightly changes the output)")
+    output.add_argument("--overwrite", action="store_true", help="discard stored clips of a different request")
+
+
+_SETTING_FLAGS = (
+    "steps",
+    "guidance_scale",
+    "seed",
+    "num_frames",
+    "motion_frames",
+    "padding",
+    "reference_count",
+    "prompt_mode",
+    "prompt_repeat",
+)
+
+
+def _request_from(args: argparse.Namespace):
+    from pipeline.generate import GenerateRequest
+    from pipeline.prompt_files import read_prompt_file
+    from svi_model.recipes import preset
+
+    prompts = read_prompt_file(args.prompts) if args.prompts else args.prompt
+    overrides = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
+    settings = preset(args.mode, **overrides)
+    clips = args.clips if args.clips is not None else len(prompts) * settings.prompt_repeat
+    fields = dict(
+        image=args.image,
+        prompts=prompts,
+        clips=clips,
+        settings=settings,
+        model=args.model,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
+        fuse_lora=args.fuse_lora,
+        out=args.out,
+        fps=args.fps,
+        max_width=args.max_width,
+        dtype=args.dtype,
+        offload=args.offload,
+        vae_tiling=args.vae_tiling,
+        overwrite=args.overwrite,
+    )
+    if args.device is not None:
+        fields["device"] = args.device
+    return GenerateRequest(**fields)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from pipeline.generate import describe, generate_film
+
+    request = _request_from(args)
+    print(describe(request), flush=True)
+    print(f"wrote {generate_film(request)}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from svi_model.tiny import save_tiny_model
+
+    model = args.out.parent / "tiny-model"
+    if not (model / "model_index.json").is_file():
+        save_tiny_model(model)
+    print(
+        "DEMO: tiny RANDOM weights (a few kB, built offline). The film exercises the whole SVI engine -- "
+        "conditioning, chaining, stitching -- but its pictures are noise, not a story. "
+        "For a real film, see 'Real weights' in README.md.",
+        flush=True,
+    )
+    args = argparse.Namespace(
+        **{name: None for name in _SETTING_FLAGS},
+        mode="film",
+        image=DEMO_IMAGE,
+        prompts=DEMO_PROMPTS,
+        prompt=None,
+        clips=args.clips,
+        out=args.out,
+        model=model,
+        lora=None,
+        lora_scale=1.0,
+        fuse_lora=True,
+        fps=16,
+        max_width=416,
+        device="cpu",
+        dtype="fp32",
+        offload="none",
+        vae_tiling=False,
+        overwrite=True,
+    )
+    args.num_frames, args.steps = 33, 8
+    _generate(args)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input (reported in one line), as opposed to bugs (reported with a traceback)."""
+    from pydantic import ValidationError
+
+    return (ValueError, ValidationError, FileNotFoundError)
+
+
+def _one_line(err: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )
+    return str(err)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="svi", description="Long AI videos with Stable Video Infinity")
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="render a film from an image and a prompt stream")
+    _add_generate_arguments(generate)
+    generate.set_defaults(run=_generate)
+    demo = commands.add_parser("demo", help="render a short film with tiny random weights, offline, on the CPU")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo/film.mp4"))
+    demo.add_argument("--clips", type=int, default=3)
+    demo.set_defaults(run=_demo)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except _user_errors() as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Atomic file writes: a crash never leaves a half-written file that looks whole.
+
+The content goes to a temporary file in the destination's own folder (so the final rename stays on one file
+system), is flushed and fsynced, and only then replaces the destination in one `os.replace`.
+"""
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `destination` to write to; on success it replaces `destination`.
+
+    The temporary name keeps the destination's suffix, so writers that pick a format by extension
+    (ffmpeg, PIL, safetensors) behave as they would for the real name. On error the temporary file is removed
+    and `destination` is left as it was.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        # mkstemp creates 0600 files; outputs are meant to be shared like any other file.
+        tmp.chmod(0o644)
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(destination: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `destination` atomically."""
+    with atomic_path(destination) as tmp:
+        tmp.write_text(text, encoding="utf-8")

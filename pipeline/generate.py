@@ -1,0 +1,167 @@
+"""`svi generate`: the engine without the orchestrator. One image + a prompt stream → a long video.
+
+Every finished clip is stored losslessly in a work folder beside the output (`film.clips/` for `film.mp4`) with
+the state the next clip needs, and a preview of the film so far is rewritten after every clip. Running the same
+request again continues after the last stored clip and gives the same film as an uninterrupted run; a different
+request never overwrites stored clips unless asked to.
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from svi_model.chain import ChainState, FilmRenderer
+from svi_model.recipes import FilmSettings
+
+from .atomic import atomic_path, write_text_atomic
+from .reference import MAX_WIDTH, load_reference
+from .video_files import read_clip, write_clip, write_film
+
+
+class GenerateRequest(BaseModel):
+    """A whole `svi generate` run; every default filled in."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    image: Path
+    prompts: list[str] = Field(min_length=1)
+    clips: int = Field(ge=1)
+    settings: FilmSettings
+    model: Path
+    lora: Path | None = None
+    lora_scale: float = 1.0
+    fuse_lora: bool = True
+    out: Path = Path("film.mp4")
+    fps: float = 16
+    max_width: int = MAX_WIDTH
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    offload: Literal["none", "model", "group"] = "none"
+    vae_tiling: bool = False
+    overwrite: bool = False
+
+    def fingerprint(self, reference: torch.Tensor) -> dict:
+        """What decides the frames: a changed field means stored clips belong to another film."""
+        keep = {"prompts", "settings", "lora_scale", "fuse_lora"}
+        fields = self.model_dump(mode="json", include=keep)
+        fields["model"] = str(self.model.resolve())
+        fields["lora"] = None if self.lora is None else str(self.lora.resolve())
+        fields["reference_sha256"] = hashlib.sha256(reference.numpy().tobytes()).hexdigest()
+        return fields
+
+
+class StoredClipsMismatch(ValueError):
+    """The work folder holds clips of a different request."""
+
+
+def _clip_path(work: Path, k: int) -> Path:
+    return work / f"clip_{k:04d}.mkv"
+
+
+def _state_path(work: Path, k: int) -> Path:
+    return work / f"clip_{k:04d}.state.safetensors"
+
+
+def _save_state(state: ChainState, path: Path) -> None:
+    tensors = {name: value for name, value in vars(state).items() if value is not None}
+    with atomic_path(path) as tmp:
+        save_file({name: value.contiguous() for name, value in tensors.items()}, str(tmp))
+
+
+def _stored_clip_count(work: Path, num_clips: int) -> int:
+    """How many clips from clip 0 on are stored with their state (a clip without its state is redone)."""
+    k = 0
+    while k < num_clips and _clip_path(work, k).is_file() and _state_path(work, k).is_file():
+        k += 1
+    return k
+
+
+def prepare_work_folder(request: GenerateRequest, reference: torch.Tensor) -> tuple[Path, int]:
+    """The work folder and the first clip still to render, refusing to mix clips of different requests."""
+    work = request.out.with_suffix(".clips")
+    record = work / "request.json"
+    fingerprint = request.fingerprint(reference)
+    if record.is_file() and json.loads(record.read_text()) != fingerprint:
+        if not request.overwrite:
+            raise StoredClipsMismatch(
+                f"{work} holds clips of a different request (prompts, settings, image, model or LoRA changed): "
+                "choose another --out, or pass --overwrite to discard them"
+            )
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(record, json.dumps(fingerprint, indent=2))
+    return work, _stored_clip_count(work, request.clips)
+
+
+def _film_chunks(settings: FilmSettings, work: Path, done: int):
+    """Kept frames of clips 0..done−1 as they go into the film (the last stored clip counts as the last)."""
+    for k in range(done):
+        yield read_clip(_clip_path(work, k))[settings.kept_frames(k, done)]
+
+
+def _load_engine(request: GenerateRequest):
+    from svi_model.loading import load_wan_pipeline
+    from svi_model.lora_files import apply_lora, read_lora_file
+    from svi_model.sampler import ClipSampler
+
+    on_gpu = request.device != "cpu"
+    dtype = torch.bfloat16 if request.dtype == "bf16" or (request.dtype == "auto" and on_gpu) else torch.float32
+    pipe = load_wan_pipeline(
+        request.model,
+        device=request.device,
+        transformer_dtype=dtype,
+        text_encoder_dtype=dtype,
+        offload=request.offload,
+        vae_tiling=request.vae_tiling,
+    )
+    if request.lora is not None:
+        apply_lora(pipe.transformer, read_lora_file(request.lora), scale=request.lora_scale, fuse=request.fuse_lora)
+    return ClipSampler(pipe)
+
+
+def generate_film(request: GenerateRequest) -> Path:
+    """Render (or finish rendering) the film of `request`; returns the path of the MP4."""
+    reference = load_reference(request.image, request.max_width)
+    work, start = prepare_work_folder(request, reference)
+    preview = request.out.with_name(request.out.stem + ".preview.mp4")
+    settings = request.settings
+    if start < request.clips:
+        renderer = FilmRenderer(_load_engine(request), settings, reference, request.prompts)
+        state = None if start == 0 else ChainState(**load_file(str(_state_path(work, start - 1))))
+        clip_bar = tqdm(total=request.clips, initial=start, desc="clips", unit="clip")
+        step_bar = tqdm(total=settings.steps, desc="steps", unit="step", leave=False)
+
+        def on_step(step: int, total: int) -> None:
+            step_bar.n = step
+            step_bar.refresh()
+
+        for k, output, state in renderer.clips(request.clips, start, state, on_step=on_step):
+            write_clip(output.frames, _clip_path(work, k), request.fps)
+            _save_state(state, _state_path(work, k))
+            write_film(_film_chunks(settings, work, k + 1), preview, request.fps, preset="ultrafast")
+            clip_bar.update()
+            step_bar.reset()
+        step_bar.close()
+        clip_bar.close()
+    write_film(_film_chunks(settings, work, request.clips), request.out, request.fps)
+    preview.unlink(missing_ok=True)
+    return request.out
+
+
+def describe(request: GenerateRequest) -> str:
+    """One line that says what will be rendered."""
+    s = request.settings
+    seconds = s.film_length(request.clips) / request.fps
+    return (
+        f"{request.clips} clips x {s.num_frames} frames ({s.chaining} chaining, m={s.motion_frames}, "
+        f"{s.padding} padding, {s.steps} steps, CFG {s.guidance_scale}) -> {request.out} "
+        f"({s.film_length(request.clips)} frames, {seconds:.1f} s at {request.fps:g} fps) on {request.device}"
+    )
+

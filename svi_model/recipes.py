@@ -1,0 +1,91 @@
+"""The SVI variants as settings: how clips are conditioned, chained, prompted and stitched.
+
+| preset | chaining | motion frames m | padding   | prompts                       | released LoRA                  |
+|--------|----------|-----------------|-----------|-------------------------------|--------------------------------|
+| shot   | pixels   | 1               | reference | the first prompt for all      | svi-shot.safetensors           |
+| film   | pixels   | 5               | zeros     | stream, `prompts[(k//r) % L]` | svi-film-opt-10212025          |
+| tom    | pixels   | 1               | zeros     | stream                        | svi-tom.safetensors            |
+| pro    | latents  | 1 latent frame  | zeros (latent) + anchor | stream          | SVI 2.0 Pro LoRA               |
+
+Stitching. Pixel chaining (1.x): clip k+1 regenerates the m frames it is conditioned on, so every clip but the
+last drops its last m frames: `N·(F−m) + m` frames in all. Latent chaining (Pro): clip k+1 starts with the anchor
+(1 frame) and the previous clip's last latent frame (4 frames), so every clip but the first drops its first
+`1 + 4` frames: `F + (N−1)·(F−5)` frames, the same total as Film's rule with m=5.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from .conditioning import TEMPORAL_COMPRESSION
+
+Chaining = Literal["pixels", "latents"]
+PromptMode = Literal["first", "stream"]
+PRESET_NAMES = ("shot", "film", "tom", "pro")
+
+
+class FilmSettings(BaseModel):
+    """How a long video is made. Defaults are the paper's: 81 frames (5 s at 16 fps), 50 steps, CFG 5, seed 42."""
+
+    chaining: Chaining = "pixels"
+    motion_frames: int = Field(1, ge=1, description="m: frames of the previous clip that condition the next")
+    padding: Literal["zeros", "reference"] = "zeros"
+    reference_count: int | None = Field(None, ge=1, description="with reference padding: k references, then zeros")
+    prompt_mode: PromptMode = "stream"
+    prompt_repeat: int = Field(1, ge=1, description="clips per prompt of the stream before moving on")
+    num_frames: int = Field(81, description="frames per clip, 4k+1")
+    steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(5.0, ge=1.0)
+    seed: int = Field(42, ge=0, description="clip k uses seed·k")
+
+    @model_validator(mode="after")
+    def _frames_fit(self) -> "FilmSettings":
+        if self.num_frames < 5 or (self.num_frames - 1) % TEMPORAL_COMPRESSION:
+            raise ValueError(f"frames per clip must be 4k+1 and at least 5 (e.g. 81, 33), got {self.num_frames}")
+        if self.motion_frames >= self.num_frames:
+            raise ValueError(
+                f"motion frames ({self.motion_frames}) must be fewer than frames per clip ({self.num_frames})"
+            )
+        if self.chaining == "latents" and self.num_frames < 9:
+            raise ValueError("latent chaining needs at least 9 frames per clip (anchor + previous latent + new)")
+        return self
+
+    @property
+    def overlap(self) -> int:
+        """Frames each continuation repeats: m for pixel chaining, anchor + one latent frame for latents."""
+        return 1 + TEMPORAL_COMPRESSION if self.chaining == "latents" else self.motion_frames
+
+    def kept_frames(self, clip: int, num_clips: int) -> slice:
+        """The frames of clip `clip` that go into the film (see the module docstring for the rule)."""
+        if self.chaining == "latents":
+            return slice(0 if clip == 0 else self.overlap, self.num_frames)
+        return slice(0, self.num_frames if clip == num_clips - 1 else self.num_frames - self.overlap)
+
+    def film_length(self, num_clips: int) -> int:
+        """Frames in a film of `num_clips` clips."""
+        return num_clips * (self.num_frames - self.overlap) + self.overlap
+
+    def prompt_for(self, clip: int, prompts: list[str]) -> str:
+        """The prompt of clip `clip`: the first one, or the stream's `prompts[(clip // repeat) % len]`."""
+        if self.prompt_mode == "first":
+            return prompts[0]
+        return prompts[(clip // self.prompt_repeat) % len(prompts)]
+
+    def seed_for(self, clip: int) -> int:
+        """Clip k's noise seed, base·k as the authors do: identical noise in every clip accumulates artifacts."""
+        return self.seed * clip
+
+
+_PRESETS: dict[str, dict] = {
+    "shot": dict(chaining="pixels", motion_frames=1, padding="reference", prompt_mode="first"),
+    "film": dict(chaining="pixels", motion_frames=5, padding="zeros", prompt_mode="stream"),
+    "tom": dict(chaining="pixels", motion_frames=1, padding="zeros", prompt_mode="stream"),
+    "pro": dict(chaining="latents", motion_frames=1, padding="zeros", prompt_mode="stream"),
+}
+
+
+def preset(name: str, **overrides) -> FilmSettings:
+    """The settings of a named variant, with any field overridden (e.g. `preset("film", steps=8)`)."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown mode {name!r}: choose one of {', '.join(PRESET_NAMES)}")
+    return FilmSettings(**{**_PRESETS[name], **overrides})

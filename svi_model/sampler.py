@@ -1,0 +1,193 @@
+"""One SVI clip on diffusers' Wan components: encoders, the condition, the Euler/CFG denoising loop, the decoder.
+
+`ClipSampler` wraps a `WanImageToVideoPipeline` used as the container of its components (and of their offload
+hooks). The stock `__call__` cannot take SVI's condition (several motion frames, reference padding, latent
+chaining, CLIP tokens of a motion frame), so the denoising loop is ours; it mirrors the stock loop step for step,
+which `tests/test_parity.py` checks against diffusers' own pipeline.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import WanImageToVideoPipeline
+from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
+
+from .conditioning import clip_pixels, first_frame_mask, to_uint8
+
+# The English translation of Wan's default negative prompt, as the authors' test script passes it.
+SVI_NEGATIVE_PROMPT = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
+    "drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy "
+    "background, three legs, many people in the background, walking backwards"
+)
+# diffusers' attention splits image tokens from text tokens by this hard-coded text length.
+TEXT_TOKENS = 512
+# OpenAI CLIP normalisation, used when the model folder's image processor does not say otherwise.
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass
+class ClipCondition:
+    """Everything a clip is conditioned on besides its prompt and seed.
+
+    latents: `[16, T, h, w]` normalised condition latents (the VAE encoding of the condition video, or Pro's
+        latent stack). clip_frame: uint8 `[H, W, 3]`, the frame whose CLIP tokens the clip sees.
+    """
+
+    latents: torch.Tensor
+    clip_frame: torch.Tensor
+
+
+@dataclass
+class ClipOutput:
+    """A finished clip: uint8 frames `[F, H, W, 3]` and its normalised latents `[16, T, h, w]` (float32)."""
+
+    frames: torch.Tensor
+    latents: torch.Tensor
+
+
+class ClipSampler:
+    """Renders one clip from a prompt, a seed and a `ClipCondition`.
+
+    Text embeddings are cached per prompt (a stream repeats prompts; the negative prompt never changes).
+    """
+
+    def __init__(self, pipe: WanImageToVideoPipeline, negative_prompt: str = SVI_NEGATIVE_PROMPT):
+        self.pipe = pipe
+        self.negative_prompt = negative_prompt
+        self._text_cache: dict[str, torch.Tensor] = {}
+        vae = pipe.vae.config
+        self._latents_mean = torch.tensor(vae.latents_mean).view(vae.z_dim, 1, 1, 1)
+        self._latents_inv_std = 1.0 / torch.tensor(vae.latents_std).view(vae.z_dim, 1, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe._execution_device
+
+    def text_embeddings(self, prompt: str) -> torch.Tensor:
+        """UMT5 embeddings `[1, 512, D]`, zero-padded past the prompt's tokens."""
+        if prompt not in self._text_cache:
+            embeds, _ = self.pipe.encode_prompt(
+                prompt, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS, device=self.device
+            )
+            self._text_cache[prompt] = embeds
+        return self._text_cache[prompt]
+
+    def image_embeddings(self, frame: torch.Tensor) -> torch.Tensor:
+        """CLIP ViT penultimate-layer tokens `[1, 257, 1280]` (real size) of a uint8 frame `[H, W, 3]`."""
+        encoder = self.pipe.image_encoder
+        processor = self.pipe.image_processor
+        pixels = clip_pixels(
+            frame,
+            size=encoder.config.image_size,
+            mean=list(getattr(processor, "image_mean", None) or CLIP_MEAN),
+            std=list(getattr(processor, "image_std", None) or CLIP_STD),
+        )
+        device = get_module_execution_device(encoder)
+        hidden = encoder(pixel_values=pixels.to(device, encoder.dtype), output_hidden_states=True).hidden_states
+        return hidden[-2].to(self.device)
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """VAE posterior mean of a `[3, F, H, W]` video in [-1, 1], normalised: float32 `[16, T, h, w]`."""
+        vae = self.pipe.vae
+        device = get_module_execution_device(vae)
+        posterior = vae.encode(video[None].to(device, vae.dtype))
+        latents = retrieve_latents(posterior, sample_mode="argmax")[0].float()
+        return (latents - self._latents_mean.to(latents.device)) * self._latents_inv_std.to(latents.device)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents `[16, T, h, w]` → video `[3, F, H, W]` in [-1, 1] (float32)."""
+        vae = self.pipe.vae
+        device = get_module_execution_device(vae)
+        latents = latents.to(device, vae.dtype)
+        raw = latents / self._latents_inv_std.to(latents) + self._latents_mean.to(latents)
+        return vae.decode(raw[None], return_dict=False)[0][0].float()
+
+    def denoise(
+        self,
+        condition: torch.Tensor,
+        image_embeds: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        seed: int,
+        steps: int,
+        guidance_scale: float,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Flow-matching Euler with text CFG from seeded noise. Returns float32 latents `[16, T, h, w]`.
+
+        Args:
+            condition: `[20, T, h, w]` = 4 mask channels + 16 condition-latent channels.
+            negative_embeds: None runs without guidance (guidance_scale must then be ≤ 1).
+        The noise is drawn on the CPU from a generator seeded with `seed`, so a clip is the same on any device.
+        """
+        transformer = self.pipe.transformer
+        dtype = transformer.dtype
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(steps, device=self.device)
+        shape = (1, self.pipe.vae.config.z_dim, *condition.shape[1:])
+        latents = randn_tensor(
+            shape, generator=torch.Generator("cpu").manual_seed(seed), device=self.device, dtype=torch.float32
+        )
+        condition = condition[None].to(self.device, torch.float32)
+        guided = guidance_scale > 1.0 and negative_embeds is not None
+        image_embeds = image_embeds.to(dtype)
+        prompt_embeds = prompt_embeds.to(dtype)
+        negative_embeds = negative_embeds.to(dtype) if guided else None
+        for i, t in enumerate(scheduler.timesteps):
+            model_input = torch.cat([latents, condition], dim=1).to(dtype)
+            timestep = t.expand(1)
+            velocity = transformer(
+                hidden_states=model_input,
+                timestep=timestep,
+                encoder_hidden_states=prompt_embeds,
+                encoder_hidden_states_image=image_embeds,
+                return_dict=False,
+            )[0]
+            if guided:
+                velocity_uncond = transformer(
+                    hidden_states=model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=negative_embeds,
+                    encoder_hidden_states_image=image_embeds,
+                    return_dict=False,
+                )[0]
+                velocity = velocity_uncond + guidance_scale * (velocity - velocity_uncond)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i + 1, steps)
+        return latents[0].float()
+
+    def mask_and_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The transformer's 20 condition channels `[20, T, h, w]`: the first-frame mask, then the latents."""
+        return torch.cat([first_frame_mask(*latents.shape[1:]).to(latents), latents], dim=0)
+
+    def render(
+        self,
+        prompt: str,
+        seed: int,
+        condition: ClipCondition,
+        steps: int = 50,
+        guidance_scale: float = 5.0,
+        on_step: StepCallback | None = None,
+    ) -> ClipOutput:
+        """One clip: denoise under `condition`, decode in the VAE's dtype, truncate to uint8."""
+        negative = self.text_embeddings(self.negative_prompt) if guidance_scale > 1.0 else None
+        latents = self.denoise(
+            self.mask_and_latents(condition.latents),
+            self.image_embeddings(condition.clip_frame),
+            self.text_embeddings(prompt),
+            negative,
+            seed,
+            steps,
+            guidance_scale,
+            on_step,
+        )
+        frames = to_uint8(self.decode(latents)).cpu()
+        return ClipOutput(frames=frames, latents=latents.cpu())
