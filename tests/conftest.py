@@ -1,0 +1,32 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from diffusers import WanImageToVideoPipeline
+
+from svi_model.sampler import ClipSampler
+from svi_model.schedule import SVIFlowMatchScheduler
+from svi_model.tiny import tiny_components
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe() -> WanImageToVideoPipeline:
+    """A tiny random Wan I2V pipeline (real classes) sampling on SVI's schedule."""
+    components = tiny_components()
+    components["scheduler"] = SVIFlowMatchScheduler()
+    pipe = WanImageToVideoPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def sampler(tiny_pipe) -> ClipSampler:
+    return ClipSampler(tiny_pipe)
+
+
+@pytest.fixture(scope="session")
+def reference() -> torch.Tensor:
+    """A random uint8 reference frame [32, 48, 3] (sides multiples of 16)."""
+    return torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
