@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from svi_model.chain import ChainState, FilmRenderer
 from svi_model.recipes import FilmSettings
 
-from .atomic import atomic_path, write_text_atomic
+from svi_model.atomic_files import atomic_path, write_text_atomic
 from .reference import MAX_WIDTH, load_reference
 from .video_files import read_clip, write_clip, write_film
 

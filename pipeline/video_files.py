@@ -12,7 +12,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from svi_model.atomic_files import atomic_path
 
 
 def _write_frames(frames: Iterable[np.ndarray], size: tuple[int, int], path, fps: float, codec_args: dict) -> None:

@@ -31,8 +31,18 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600 files; outputs are meant to be shared like any other file.
         tmp.chmod(0o644)
         os.replace(tmp, destination)
+        _fsync_folder(destination.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """The rename itself is durable only once the folder's entry is on disk."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def write_text_atomic(destination: str | os.PathLike, text: str) -> None:
