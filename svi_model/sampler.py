@@ -127,8 +127,7 @@ class ClipSampler:
             negative_embeds: None runs without guidance (guidance_scale must then be ≤ 1).
         The noise is drawn on the CPU from a generator seeded with `seed`, so a clip is the same on any device.
         """
-        transformer = self.pipe.transformer
-        dtype = transformer.dtype
+        dtype = self.pipe.transformer.dtype
         scheduler = self.pipe.scheduler
         scheduler.set_timesteps(steps, device=self.device)
         shape = (1, self.pipe.vae.config.z_dim, *condition.shape[1:])
@@ -142,27 +141,26 @@ class ClipSampler:
         negative_embeds = negative_embeds.to(dtype) if guided else None
         for i, t in enumerate(scheduler.timesteps):
             model_input = torch.cat([latents, condition], dim=1).to(dtype)
-            timestep = t.expand(1)
-            velocity = transformer(
-                hidden_states=model_input,
-                timestep=timestep,
-                encoder_hidden_states=prompt_embeds,
-                encoder_hidden_states_image=image_embeds,
-                return_dict=False,
-            )[0]
+            velocity = self._velocity(model_input, t, prompt_embeds, image_embeds)
             if guided:
-                velocity_uncond = transformer(
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=negative_embeds,
-                    encoder_hidden_states_image=image_embeds,
-                    return_dict=False,
-                )[0]
+                velocity_uncond = self._velocity(model_input, t, negative_embeds, image_embeds)
                 velocity = velocity_uncond + guidance_scale * (velocity - velocity_uncond)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             if on_step is not None:
                 on_step(i + 1, steps)
         return latents[0].float()
+
+    def _velocity(
+        self, model_input: torch.Tensor, t: torch.Tensor, text_embeds: torch.Tensor, image_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """The DiT's predicted velocity `[1, 16, T, h, w]` for one text condition."""
+        return self.pipe.transformer(
+            hidden_states=model_input,
+            timestep=t.expand(1),
+            encoder_hidden_states=text_embeds,
+            encoder_hidden_states_image=image_embeds,
+            return_dict=False,
+        )[0]
 
     def mask_and_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The transformer's 20 condition channels `[20, T, h, w]`: the first-frame mask, then the latents."""
