@@ -1,0 +1,361 @@
+"""Load a local Wan2.1-I2V-14B model folder into a `WanImageToVideoPipeline`, offline, in either release layout.
+
+* diffusers layout (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers): `transformer/`, `vae/`, `text_encoder/`, `tokenizer/`,
+  `image_encoder/`, `image_processor/`, `model_index.json`.
+* original layout (Wan-AI/Wan2.1-I2V-14B-480P): the DiT as safetensors shards + index under Wan's own module names,
+  `config.json`, `Wan2.1_VAE.pth`. diffusers converts only the DiT and the VAE from these; the UMT5 and CLIP `.pth`
+  files have no converter, so the diffusers-layout encoder folders must sit beside them or in `components_folder`.
+
+The pipeline is only a container of components: the engine calls its encoders, transformer and VAE itself, and
+samples with `SVIFlowMatchScheduler` whatever scheduler the folder ships. Nothing is ever downloaded.
+"""
+
+import os
+
+# huggingface_hub reads this once, at import; set it before diffusers/transformers pull it in.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+
+from .schedule import SVIFlowMatchScheduler
+
+OFFLOAD_MODES = ("none", "model", "group")
+LAYOUT_NAMES = {
+    "diffusers": "diffusers layout (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers)",
+    "original": "original Wan2.1 release layout (Wan-AI/Wan2.1-I2V-14B-480P)",
+}
+
+# Component subfolders both layouts may hold, with what each one is (for error messages).
+ENCODER_PARTS = {
+    "text_encoder": "transformers UMT5EncoderModel folder: config.json + weights",
+    "tokenizer": "UMT5 tokenizer folder: tokenizer_config.json + tokenizer files",
+    "image_encoder": "transformers CLIPVisionModel folder: config.json + weights",
+}
+DIFFUSERS_PARTS = {
+    "transformer": "diffusers WanTransformer3DModel folder: config.json + weights",
+    "vae": "diffusers AutoencoderKLWan folder: config.json + weights",
+} | ENCODER_PARTS
+ORIGINAL_DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+ORIGINAL_VAE = "Wan2.1_VAE.pth"
+ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+ORIGINAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+ORIGINAL_FILES = {
+    ORIGINAL_DIT_INDEX: "index of the original DiT safetensors shards",
+    ORIGINAL_VAE: "original VAE checkpoint",
+}
+# Wan2.1-I2V-14B's original config.json, for folders that lack one; text_dim is a WanModel default it omits.
+WAN21_I2V_14B_CONFIG = {
+    "model_type": "i2v",
+    "dim": 5120,
+    "ffn_dim": 13824,
+    "freq_dim": 256,
+    "in_dim": 36,
+    "out_dim": 16,
+    "num_heads": 40,
+    "num_layers": 40,
+    "eps": 1e-6,
+    "text_dim": 4096,
+}
+# Wan resizes the reference to CLIP's 224x224 without cropping.
+DEFAULT_IMAGE_PROCESSOR = {"size": {"height": 224, "width": 224}, "do_center_crop": False}
+
+NOTHING_DOWNLOADED = "Nothing is downloaded: put the missing items in place and run again."
+ENCODERS_EXPLAINED = (
+    f"The original release's {ORIGINAL_T5} and {ORIGINAL_CLIP} cannot be loaded by diffusers (it has no converter "
+    "for them): put the diffusers-layout text_encoder/, tokenizer/ and image_encoder/ folders of "
+    "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers into the model folder, or pass components_folder= a folder holding them."
+)
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing, of no known layout, incomplete, or holds a file that cannot be read."""
+
+
+# ---- reading files --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _reading(path: Path):
+    """Report any failure while reading `path` as a ModelFolderError naming it; the cause stays chained."""
+    try:
+        yield
+    except ModelFolderError:
+        raise
+    except Exception as error:
+        raise ModelFolderError(
+            f"could not read {path} ({type(error).__name__}: {error}). It may be truncated or corrupt: copy it again."
+        ) from error
+
+
+def _read_json(path: Path) -> dict:
+    with _reading(path):
+        return json.loads(path.read_text())
+
+
+def _indexed_shards(index: Path) -> list[str]:
+    """File names of the shards a `*.safetensors.index.json` maps weights to, each once."""
+    with _reading(index):
+        return sorted(set(_read_json(index)["weight_map"].values()))
+
+
+# ---- what a folder holds (cheap checks, before anything heavy is read) ----------------------------------------------
+
+
+def _missing_shards(index: Path) -> list[str]:
+    """`path (what)` of every shard listed in a safetensors index that is not a file beside it."""
+    absent = [index.parent / shard for shard in _indexed_shards(index) if not (index.parent / shard).is_file()]
+    return [f"{path} (weights shard listed in {index.name})" for path in absent]
+
+
+def _missing_in_part(part: Path, what: str) -> list[str]:
+    """`path (what)` of what a component folder lacks: its config, its weights, or shards its index lists."""
+    if part.name == "tokenizer":
+        return [] if (part / "tokenizer_config.json").is_file() else [f"{part / 'tokenizer_config.json'} ({what})"]
+    missing = [] if (part / "config.json").is_file() else [f"{part / 'config.json'} ({what})"]
+    indexes = sorted(part.glob("*.safetensors.index.json")) + sorted(part.glob("*.bin.index.json"))
+    if indexes:
+        missing += _missing_shards(indexes[0])
+    elif not any(part.glob("*.safetensors")) and not any(part.glob("*.bin")):
+        missing.append(f"{part}/*.safetensors ({what})")
+    return missing
+
+
+def _part_root(name: str, folder: Path, components_folder: Path | None) -> Path:
+    """The folder whose `name/` subfolder to load: the model folder's own, else the components folder's."""
+    if (folder / name).is_dir() or components_folder is None:
+        return folder
+    return components_folder
+
+
+def _missing_parts(parts: dict[str, str], folder: Path, components_folder: Path | None) -> list[str]:
+    """`path (what)` of each component subfolder of `parts` that is absent or lacks files it needs."""
+    missing = []
+    for name, what in parts.items():
+        part = _part_root(name, folder, components_folder) / name
+        if not part.is_dir():
+            where = f" or {components_folder / name}/" if components_folder and name in ENCODER_PARTS else ""
+            missing.append(f"{folder / name}/{where} ({what})")
+        else:
+            missing += _missing_in_part(part, what)
+    return missing
+
+
+def _missing_original_files(folder: Path) -> list[str]:
+    missing = [f"{folder / name} ({what})" for name, what in ORIGINAL_FILES.items() if not (folder / name).is_file()]
+    if (folder / ORIGINAL_DIT_INDEX).is_file():
+        missing += _missing_shards(folder / ORIGINAL_DIT_INDEX)
+    return missing
+
+
+def _is_original_layout(folder: Path) -> bool:
+    markers = (ORIGINAL_DIT_INDEX, ORIGINAL_VAE, ORIGINAL_T5, ORIGINAL_CLIP)
+    return any((folder / m).is_file() for m in markers) or any(folder.glob("diffusion_pytorch_model-*-of-*"))
+
+
+def _listed(items: list[str]) -> str:
+    # One line, so a command line can print the whole error as a single "error: ..." line.
+    return "; ".join(items)
+
+
+def _not_a_model_folder(folder: Path) -> ModelFolderError:
+    diffusers_needs = [f"{folder / name}/ ({what})" for name, what in DIFFUSERS_PARTS.items()]
+    original_needs = [f"{folder / name} ({what})" for name, what in ORIGINAL_FILES.items()]
+    original_needs += ["the DiT shards its index lists", "text_encoder/, tokenizer/, image_encoder/ as above"]
+    return ModelFolderError(
+        f"{folder} is a Wan2.1-I2V model folder of neither layout. The {LAYOUT_NAMES['diffusers']} needs: "
+        f"{_listed(diffusers_needs)}. The {LAYOUT_NAMES['original']} needs: {_listed(original_needs)}. "
+        f"{ENCODERS_EXPLAINED} {NOTHING_DOWNLOADED}"
+    )
+
+
+def _checked_layout(folder: Path, components_folder: Path | None) -> str:
+    """The layout ("diffusers" or "original") once every file a load needs is present, else a ModelFolderError."""
+    if not folder.is_dir():
+        raise ModelFolderError(
+            f"model folder {folder} does not exist (or is not a folder): give the path of a local Wan2.1-I2V-14B-480P "
+            "download, in the diffusers or the original layout. Nothing is downloaded."
+        )
+    if components_folder is not None and not components_folder.is_dir():
+        raise ModelFolderError(f"components folder {components_folder} does not exist. {NOTHING_DOWNLOADED}")
+    if _is_original_layout(folder):
+        layout = "original"
+        encoder_gaps = _missing_parts(ENCODER_PARTS, folder, components_folder)
+        missing = _missing_original_files(folder) + encoder_gaps
+        advice = f"{ENCODERS_EXPLAINED} " if encoder_gaps else ""
+    elif (folder / "model_index.json").is_file() or (folder / "transformer").is_dir():
+        layout = "diffusers"
+        missing = _missing_parts(DIFFUSERS_PARTS, folder, components_folder)
+        advice = ""
+    else:
+        raise _not_a_model_folder(folder)
+    if missing:
+        raise ModelFolderError(
+            f"model folder {folder} is in the {LAYOUT_NAMES[layout]} but incomplete. Missing: {_listed(missing)}. "
+            f"{advice}{NOTHING_DOWNLOADED}"
+        )
+    return layout
+
+
+# ---- the original layout: diffusers' converters ---------------------------------------------------------------------
+
+
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype, keep_in_fp32: list[str] | None) -> dict:
+    """Cast floating tensors to `dtype`, keeping modules named in `keep_in_fp32` at float32 as from_pretrained does."""
+
+    def target(name: str) -> torch.dtype:
+        return torch.float32 if keep_in_fp32 and set(keep_in_fp32) & set(name.split(".")) else dtype
+
+    return {k: v.to(target(k)) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _model_from_state(model_class, config: dict, state: dict, source: Path) -> torch.nn.Module:
+    """A `model_class(**config)` holding exactly `state`; built on the meta device so no weights exist twice."""
+    # Buffers stay real: the rope tables are not in any checkpoint.
+    with init_empty_weights(include_buffers=False):
+        model = model_class.from_config(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ModelFolderError(f"the weights in {source} do not fit {model_class.__name__}: {error}") from error
+    return model
+
+
+def _transformer_config(original: dict) -> dict:
+    """diffusers `WanTransformer3DModel` config for an original Wan `config.json`, less `image_dim` (I2V only)."""
+    if original.get("model_type", "i2v") != "i2v":
+        raise ModelFolderError(
+            f"the DiT is a {original['model_type']!r} model; SVI needs the image-to-video one (model_type 'i2v')"
+        )
+    config = WAN21_I2V_14B_CONFIG | original
+    return {
+        "num_attention_heads": config["num_heads"],
+        "attention_head_dim": config["dim"] // config["num_heads"],
+        "in_channels": config["in_dim"],
+        "out_channels": config["out_dim"],
+        "text_dim": config["text_dim"],
+        "freq_dim": config["freq_dim"],
+        "ffn_dim": config["ffn_dim"],
+        "num_layers": config["num_layers"],
+        "eps": config["eps"],
+        "added_kv_proj_dim": config["dim"],
+    }
+
+
+def _original_transformer(folder: Path, dtype: torch.dtype) -> WanTransformer3DModel:
+    """The DiT of an original-layout folder: every shard of its index, renamed by diffusers' own converter."""
+    original = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    config = _transformer_config(original)
+    index = folder / ORIGINAL_DIT_INDEX
+    state = {}
+    for shard in _indexed_shards(index):
+        with _reading(folder / shard):
+            tensors = load_file(folder / shard)
+        # Cast shard by shard, so a float32 release never sits in memory whole next to its bfloat16 copy.
+        converted = convert_wan_transformer_to_diffusers(tensors)
+        state |= _cast(converted, dtype, WanTransformer3DModel._keep_in_fp32_modules)
+    # Wan hard-codes CLIP's width (1280) instead of configuring it; the checkpoint says what it really is.
+    image_norm = state.get("condition_embedder.image_embedder.norm1.weight")
+    if image_norm is None:
+        raise ModelFolderError(f"the DiT of {index} has no image embedding (img_emb.*): it is not an I2V model")
+    config["image_dim"] = image_norm.shape[0]
+    return _model_from_state(WanTransformer3DModel, config, state, index)
+
+
+def _original_vae(folder: Path, dtype: torch.dtype) -> AutoencoderKLWan:
+    """`Wan2.1_VAE.pth` converted by diffusers; config from `vae/config.json` if present, else Wan2.1's default."""
+    path = folder / ORIGINAL_VAE
+    with _reading(path):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    config_folder = folder / "vae"
+    config = AutoencoderKLWan.load_config(config_folder) if (config_folder / "config.json").is_file() else {}
+    state = _cast(convert_wan_vae_to_diffusers(checkpoint), dtype, AutoencoderKLWan._keep_in_fp32_modules)
+    return _model_from_state(AutoencoderKLWan, config, state, path)
+
+
+def _pretrained(loader, root: Path, name: str, **kwargs):
+    with _reading(root / name):
+        return loader.from_pretrained(root, subfolder=name, local_files_only=True, **kwargs)
+
+
+# ---- the pipeline ---------------------------------------------------------------------------------------------------
+
+
+def load_wan_pipeline(
+    folder: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    transformer_dtype: torch.dtype = torch.bfloat16,
+    text_encoder_dtype: torch.dtype = torch.bfloat16,
+    vae_dtype: torch.dtype = torch.float32,
+    image_encoder_dtype: torch.dtype = torch.float32,
+    offload: str = "none",
+    vae_tiling: bool = False,
+    components_folder: str | os.PathLike | None = None,
+) -> WanImageToVideoPipeline:
+    """A `WanImageToVideoPipeline` of the Wan2.1-I2V model in `folder` (either layout), modules in eval mode.
+
+    `offload`: "none" puts every module on `device`; "model" moves whole modules to `device` while they run;
+    "group" streams the transformer blocks (and the encoders' layers) one at a time. Both offloads need a GPU.
+    `components_folder`: a diffusers-layout folder supplying `text_encoder/`, `tokenizer/`, `image_encoder/`,
+    `image_processor/` where `folder` lacks them (needed for the original layout, whose T5/CLIP files diffusers
+    cannot read). The scheduler is always `SVIFlowMatchScheduler()`. Raises ModelFolderError, listing every missing
+    or unreadable item, before anything heavy is read.
+    """
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {OFFLOAD_MODES}, not {offload!r}")
+    if offload != "none" and torch.device(device).type == "cpu":
+        raise ValueError(f"model CPU offload (offload={offload!r}) needs a GPU; use --offload none on CPU")
+    folder = Path(folder).expanduser()
+    components = Path(components_folder).expanduser() if components_folder is not None else None
+    layout = _checked_layout(folder, components)
+
+    if layout == "diffusers":
+        transformer = _pretrained(WanTransformer3DModel, folder, "transformer", torch_dtype=transformer_dtype)
+        vae = _pretrained(AutoencoderKLWan, folder, "vae", torch_dtype=vae_dtype)
+    else:
+        transformer = _original_transformer(folder, transformer_dtype)
+        vae = _original_vae(folder, vae_dtype)
+
+    def root(name: str) -> Path:
+        return _part_root(name, folder, components)
+
+    processor_root = root("image_processor")
+    if (processor_root / "image_processor").is_dir():
+        image_processor = _pretrained(CLIPImageProcessor, processor_root, "image_processor")
+    else:
+        image_processor = CLIPImageProcessor(**DEFAULT_IMAGE_PROCESSOR)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=_pretrained(AutoTokenizer, root("tokenizer"), "tokenizer"),
+        text_encoder=_pretrained(UMT5EncoderModel, root("text_encoder"), "text_encoder", dtype=text_encoder_dtype),
+        image_encoder=_pretrained(CLIPVisionModel, root("image_encoder"), "image_encoder", dtype=image_encoder_dtype),
+        image_processor=image_processor,
+        transformer=transformer,
+        vae=vae,
+        scheduler=SVIFlowMatchScheduler(),
+    )
+    # Modules converted from the original layout come out of from_config in train mode.
+    for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder):
+        module.eval()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "group":
+        pipe.enable_group_offload(
+            onload_device=torch.device(device),
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+        )
+    else:
+        pipe.to(device)
+    return pipe
