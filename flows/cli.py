@@ -24,7 +24,9 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--mode", choices=["film", "shot", "tom", "pro"], default="film", help="SVI variant (preset)")
     what.add_argument("--image", type=Path, required=True, help="the reference image (first frame)")
     prompts = what.add_mutually_exclusive_group(required=True)
-    prompts.add_argument("--prompts", type=Path, help="prompt stream file: .txt (one per line), .yaml, or prompts = [...]")
+    prompts.add_argument(
+        "--prompts", type=Path, help="prompt stream file: .txt (one per line), .yaml, or prompts = [...]"
+    )
     prompts.add_argument("--prompt", action="append", help="a prompt (repeat the flag for a stream)")
     what.add_argument("--clips", type=int, default=None, help="clips to render (default: one per prompt)")
     what.add_argument("--out", type=Path, default=Path("film.mp4"), help="output MP4 (clips are kept in OUT.clips/)")
@@ -67,6 +69,7 @@ _SETTING_FLAGS = (
 
 
 def _request_from(args: argparse.Namespace):
+    from pipeline.engines import EngineSpec
     from pipeline.generate import GenerateRequest
     from pipeline.prompt_files import read_prompt_file
     from svi_model.recipes import preset
@@ -75,25 +78,28 @@ def _request_from(args: argparse.Namespace):
     overrides = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
     settings = preset(args.mode, **overrides)
     clips = args.clips if args.clips is not None else len(prompts) * settings.prompt_repeat
+    engine = dict(
+        model=args.model,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
+        fuse_lora=args.fuse_lora,
+        dtype=args.dtype,
+        offload=args.offload,
+        vae_tiling=args.vae_tiling,
+    )
+    if args.device is not None:
+        engine["device"] = args.device
     fields = dict(
         image=args.image,
         prompts=prompts,
         clips=clips,
         settings=settings,
-        model=args.model,
-        lora=args.lora,
-        lora_scale=args.lora_scale,
-        fuse_lora=args.fuse_lora,
+        engine=EngineSpec(**engine),
         out=args.out,
         fps=args.fps,
         max_width=args.max_width,
-        dtype=args.dtype,
-        offload=args.offload,
-        vae_tiling=args.vae_tiling,
         overwrite=args.overwrite,
     )
-    if args.device is not None:
-        fields["device"] = args.device
     return GenerateRequest(**fields)
 
 
@@ -153,8 +159,7 @@ def _one_line(err: Exception) -> str:
 
     if isinstance(err, ValidationError):
         return "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
+            f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
         )
     return str(err)
 

@@ -10,17 +10,17 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from svi_model.atomic_files import atomic_path, write_text_atomic
 from svi_model.chain import ChainState, FilmRenderer
 from svi_model.recipes import FilmSettings
 
-from svi_model.atomic_files import atomic_path, write_text_atomic
+from .engines import EngineSpec, load_engine
 from .reference import MAX_WIDTH, load_reference
 from .video_files import read_clip, write_clip, write_film
 
@@ -28,33 +28,23 @@ from .video_files import read_clip, write_clip, write_film
 class GenerateRequest(BaseModel):
     """A whole `svi generate` run; every default filled in."""
 
-    model_config = ConfigDict(protected_namespaces=())
-
     image: Path
     prompts: list[str] = Field(min_length=1)
     clips: int = Field(ge=1)
     settings: FilmSettings
-    model: Path
-    lora: Path | None = None
-    lora_scale: float = 1.0
-    fuse_lora: bool = True
+    engine: EngineSpec
     out: Path = Path("film.mp4")
     fps: float = 16
     max_width: int = MAX_WIDTH
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    offload: Literal["none", "model", "group"] = "none"
-    vae_tiling: bool = False
     overwrite: bool = False
 
     def fingerprint(self, reference: torch.Tensor) -> dict:
         """What decides the frames: a changed field means stored clips belong to another film."""
-        keep = {"prompts", "settings", "lora_scale", "fuse_lora"}
-        fields = self.model_dump(mode="json", include=keep)
-        fields["model"] = str(self.model.resolve())
-        fields["lora"] = None if self.lora is None else str(self.lora.resolve())
-        fields["reference_sha256"] = hashlib.sha256(reference.numpy().tobytes()).hexdigest()
-        return fields
+        return {
+            **self.model_dump(mode="json", include={"prompts", "settings"}),
+            "engine": self.engine.identity(),
+            "reference_sha256": hashlib.sha256(reference.numpy().tobytes()).hexdigest(),
+        }
 
 
 class StoredClipsMismatch(ValueError):
@@ -106,26 +96,6 @@ def _film_chunks(settings: FilmSettings, work: Path, done: int):
         yield read_clip(_clip_path(work, k))[settings.kept_frames(k, done)]
 
 
-def _load_engine(request: GenerateRequest):
-    from svi_model.loading import load_wan_pipeline
-    from svi_model.lora_files import apply_lora, read_lora_file
-    from svi_model.sampler import ClipSampler
-
-    on_gpu = request.device != "cpu"
-    dtype = torch.bfloat16 if request.dtype == "bf16" or (request.dtype == "auto" and on_gpu) else torch.float32
-    pipe = load_wan_pipeline(
-        request.model,
-        device=request.device,
-        transformer_dtype=dtype,
-        text_encoder_dtype=dtype,
-        offload=request.offload,
-        vae_tiling=request.vae_tiling,
-    )
-    if request.lora is not None:
-        apply_lora(pipe.transformer, read_lora_file(request.lora), scale=request.lora_scale, fuse=request.fuse_lora)
-    return ClipSampler(pipe)
-
-
 def generate_film(request: GenerateRequest) -> Path:
     """Render (or finish rendering) the film of `request`; returns the path of the MP4."""
     reference = load_reference(request.image, request.max_width)
@@ -133,8 +103,8 @@ def generate_film(request: GenerateRequest) -> Path:
     preview = request.out.with_name(request.out.stem + ".preview.mp4")
     settings = request.settings
     if start < request.clips:
-        renderer = FilmRenderer(_load_engine(request), settings, reference, request.prompts)
-        state = None if start == 0 else ChainState(**load_file(str(_state_path(work, start - 1))))
+        renderer = FilmRenderer(load_engine(request.engine), settings, reference, request.prompts)
+        stored = None if start == 0 else ChainState(**load_file(str(_state_path(work, start - 1))))
         clip_bar = tqdm(total=request.clips, initial=start, desc="clips", unit="clip")
         step_bar = tqdm(total=settings.steps, desc="steps", unit="step", leave=False)
 
@@ -142,7 +112,7 @@ def generate_film(request: GenerateRequest) -> Path:
             step_bar.n = step
             step_bar.refresh()
 
-        for k, output, state in renderer.clips(request.clips, start, state, on_step=on_step):
+        for k, output, state in renderer.clips(request.clips, start, stored, on_step=on_step):
             write_clip(output.frames, _clip_path(work, k), request.fps)
             _save_state(state, _state_path(work, k))
             write_film(_film_chunks(settings, work, k + 1), preview, request.fps, preset="ultrafast")
@@ -162,6 +132,5 @@ def describe(request: GenerateRequest) -> str:
     return (
         f"{request.clips} clips x {s.num_frames} frames ({s.chaining} chaining, m={s.motion_frames}, "
         f"{s.padding} padding, {s.steps} steps, CFG {s.guidance_scale}) -> {request.out} "
-        f"({s.film_length(request.clips)} frames, {seconds:.1f} s at {request.fps:g} fps) on {request.device}"
+        f"({s.film_length(request.clips)} frames, {seconds:.1f} s at {request.fps:g} fps) on {request.engine.device}"
     )
-

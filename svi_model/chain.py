@@ -97,18 +97,24 @@ class FilmRenderer:
             raise ValueError(f"start clip {start} is outside 0..{num_clips - 1}")
         if start > 0 and state is None:
             raise ValueError(f"resuming at clip {start} needs the state stored after clip {start - 1}")
-        s = self.settings
         for k in range(start, num_clips):
-            output = self.sampler.render(
-                s.prompt_for(k, self.prompts),
-                s.seed_for(k),
-                self.condition(k, state if k > 0 else None),
-                steps=s.steps,
-                guidance_scale=s.guidance_scale,
-                on_step=on_step,
-            )
-            state = self.state_after(output)
+            output, state = self.render_clip(k, state if k > 0 else None, on_step)
             yield k, output, state
+
+    def render_clip(
+        self, clip: int, state: ChainState | None, on_step: StepCallback | None = None
+    ) -> tuple[ClipOutput, ChainState]:
+        """Render clip `clip` from the state after the clip before it (None for clip 0); return it and its state."""
+        s = self.settings
+        output = self.sampler.render(
+            s.prompt_for(clip, self.prompts),
+            s.seed_for(clip),
+            self.condition(clip, state),
+            steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            on_step=on_step,
+        )
+        return output, self.state_after(output)
 
 
 def stitch(settings: FilmSettings, clips: list[torch.Tensor]) -> torch.Tensor:

@@ -117,7 +117,7 @@ def tiny_components(seed: int = 0) -> dict:
 def save_tiny_model(folder: str | os.PathLike, seed: int = 0) -> str:
     """Write a tiny model folder in the diffusers layout (`model_index.json`, `transformer/`, `vae/`, ...).
 
-    Returns the folder path. The folder loads with `svi_model.loading.load_wan_components` like a real one.
+    Returns the folder path. The folder loads with `svi_model.loading.load_wan_pipeline` like a real one.
     """
     from diffusers import WanImageToVideoPipeline
 

@@ -93,7 +93,8 @@ def test_seeds_and_prompts_per_clip(sampler, reference):
 
 def test_same_seed_same_film_other_seed_other_film(sampler, reference):
     def film(seed):
-        return render_film(FilmRenderer(sampler, preset("film", num_frames=13, steps=2, seed=seed), reference, PROMPTS), 3)
+        settings = preset("film", num_frames=13, steps=2, seed=seed)
+        return render_film(FilmRenderer(sampler, settings, reference, PROMPTS), 3)
 
     first = film(42)
     assert torch.equal(first, film(42))
@@ -111,7 +112,7 @@ def test_resume_at_clip_k_equals_the_uninterrupted_run(sampler, reference, mode,
     counting = CountingSampler(sampler)
     resumed = list(FilmRenderer(counting, settings, reference, PROMPTS).clips(4, start=2, state=state))
     assert [k for k, _, _ in resumed] == [2, 3] and len(counting.calls) == 2
-    for (_, a, _), (_, b, _) in zip(full[2:], resumed):
+    for (_, a, _), (_, b, _) in zip(full[2:], resumed, strict=True):
         assert torch.equal(a.frames, b.frames)
         assert torch.equal(a.latents, b.latents)
 

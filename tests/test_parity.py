@@ -15,8 +15,8 @@ from PIL import Image
 from svi_model.chain import FilmRenderer
 from svi_model.recipes import preset
 from svi_model.sampler import ClipSampler
-from svi_model.tiny import tiny_components
 from svi_model.schedule import SVIFlowMatchScheduler
+from svi_model.tiny import tiny_components
 
 PROMPT, NEGATIVE, SEED, STEPS, FRAMES = "a cat walks on the beach at sunset", "low quality, static", 42, 4, 9
 

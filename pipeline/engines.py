@@ -1,0 +1,109 @@
+"""Which model renders the clips, and the process-wide registry that keeps it loaded across clips.
+
+A Wan2.1-I2V-14B load takes minutes and ~40 GB; every clip task of a film (and of the next film in the same
+process) reuses the loaded engine. The registry is keyed by everything that changes the loaded weights.
+"""
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from svi_model.sampler import ClipSampler
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class EngineSpec(BaseModel):
+    """The model folder, the LoRA and how they are placed on the hardware."""
+
+    model_config = ConfigDict(protected_namespaces=(), frozen=True)
+
+    model: Path
+    lora: Path | None = None
+    lora_scale: float = 1.0
+    fuse_lora: bool = True
+    device: str = _default_device()
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    offload: Literal["none", "model", "group"] = "none"
+    vae_tiling: bool = False
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """DiT and T5 dtype: bf16 on accelerators by default, fp32 on the CPU (bf16 matmuls are slow there)."""
+        if self.dtype == "bf16" or (self.dtype == "auto" and self.device != "cpu"):
+            return torch.bfloat16
+        return torch.float32
+
+    def identity(self) -> dict:
+        """What decides the pixels (not where they are computed): for cache keys and manifests."""
+        return {
+            "model": folder_fingerprint(self.model),
+            "lora": None if self.lora is None else file_sha256(self.lora),
+            "lora_scale": self.lora_scale,
+            "fuse_lora": self.fuse_lora,
+            "dtype": str(self.torch_dtype),
+            "vae_tiling": self.vae_tiling,
+        }
+
+
+_hash_cache: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 8 MB chunks and remembered per (path, size, mtime): LoRAs are 2.5 GB."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _hash_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A model folder's identity without reading 30 GB of weights: its resolved path, and every file's
+    relative name and size, plus the content of its small (config, index, tokenizer) files."""
+    folder = Path(folder).resolve()
+    digest = hashlib.sha256(str(folder).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder)}:{size}".encode())
+        if size < (1 << 20):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+_engines: dict[EngineSpec, ClipSampler] = {}
+_lock = threading.Lock()
+
+
+def load_engine(spec: EngineSpec) -> ClipSampler:
+    """The loaded engine for `spec`, loading it on first use (thread-safe: Prefect runs tasks in threads)."""
+    with _lock:
+        if spec not in _engines:
+            from svi_model.loading import load_wan_pipeline
+            from svi_model.lora_files import apply_lora, read_lora_file
+
+            pipe = load_wan_pipeline(
+                spec.model,
+                device=spec.device,
+                transformer_dtype=spec.torch_dtype,
+                text_encoder_dtype=spec.torch_dtype,
+                offload=spec.offload,
+                vae_tiling=spec.vae_tiling,
+            )
+            if spec.lora is not None:
+                apply_lora(pipe.transformer, read_lora_file(spec.lora), scale=spec.lora_scale, fuse=spec.fuse_lora)
+            # Only one model of this size fits: a different spec replaces the loaded one.
+            _engines.clear()
+            _engines[spec] = ClipSampler(pipe)
+        return _engines[spec]

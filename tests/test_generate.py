@@ -1,0 +1,137 @@
+"""`svi generate` end to end on a tiny model folder: outputs, resume, and bad input (one clear line, exit 2)."""
+
+import shutil
+import subprocess
+import sys
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flows.cli import main
+from pipeline.video_files import read_clip
+from svi_model.sampler import ClipSampler
+from svi_model.tiny import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny-wan")
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    image = tmp_path / "frame.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8)).save(image)
+    prompts = tmp_path / "story.txt"
+    prompts.write_text("# story\na red ball rests on the grass\nthe ball rolls away\n")
+    return image, prompts
+
+
+def args_for(model_dir, image, prompts, out, *extra):
+    return [
+        "generate", "--image", str(image), "--prompts", str(prompts), "--model", str(model_dir),
+        "--frames", "9", "--steps", "2", "--device", "cpu", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def mp4_frame_count(path) -> int:
+    reader = imageio_ffmpeg.read_frames(str(path))
+    next(reader)
+    return sum(1 for _ in reader)
+
+
+def test_generate_writes_the_film_and_keeps_clips(model_dir, inputs, tmp_path):
+    image, prompts = inputs
+    out = tmp_path / "out" / "film.mp4"
+    assert main(args_for(model_dir, image, prompts, out, "--clips", "3")) == 0
+    assert out.is_file() and not (tmp_path / "out" / "film.preview.mp4").exists()
+    assert mp4_frame_count(out) == 3 * (9 - 5) + 5  # Film: m=5
+    clips = sorted((tmp_path / "out" / "film.clips").glob("clip_*.mkv"))
+    assert [c.name for c in clips] == ["clip_0000.mkv", "clip_0001.mkv", "clip_0002.mkv"]
+    assert read_clip(clips[0]).shape == (9, 32, 48, 3)  # 60x40 → sides floored to multiples of 16
+
+
+def test_rerun_continues_after_the_last_stored_clip_with_identical_frames(model_dir, inputs, tmp_path, monkeypatch):
+    image, prompts = inputs
+    out = tmp_path / "film.mp4"
+    assert main(args_for(model_dir, image, prompts, out, "--clips", "4", "--mode", "shot")) == 0
+    work = tmp_path / "film.clips"
+    uninterrupted = [read_clip(work / f"clip_{k:04d}.mkv") for k in range(4)]
+    # As if the run had died during clip 2: its files and everything after are gone.
+    for k in (2, 3):
+        (work / f"clip_{k:04d}.mkv").unlink()
+        (work / f"clip_{k:04d}.state.safetensors").unlink()
+    out.unlink()
+    calls = []
+    real_render = ClipSampler.render
+    monkeypatch.setattr(ClipSampler, "render", lambda self, *a, **k: calls.append(a[1]) or real_render(self, *a, **k))
+    assert main(args_for(model_dir, image, prompts, out, "--clips", "4", "--mode", "shot")) == 0
+    assert calls == [42 * 2, 42 * 3]  # only clips 2 and 3 were rendered again
+    for k in range(4):
+        assert torch.equal(read_clip(work / f"clip_{k:04d}.mkv"), uninterrupted[k])
+
+
+def test_a_different_request_never_overwrites_stored_clips(model_dir, inputs, tmp_path, capsys):
+    image, prompts = inputs
+    out = tmp_path / "film.mp4"
+    assert main(args_for(model_dir, image, prompts, out, "--clips", "1")) == 0
+    before = (tmp_path / "film.clips" / "clip_0000.mkv").read_bytes()
+    assert main(args_for(model_dir, image, prompts, out, "--clips", "1", "--seed", "7")) == 2
+    assert "holds clips of a different request" in capsys.readouterr().err
+    assert (tmp_path / "film.clips" / "clip_0000.mkv").read_bytes() == before
+    assert main(args_for(model_dir, image, prompts, out, "--clips", "1", "--seed", "7", "--overwrite")) == 0
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing model folder", "does-not-exist"),
+        ("partial model folder", "vae"),
+        ("not an image", "is not a readable image"),
+        ("zero clips", "clips"),
+        ("m >= frames", "motion frames (9) must be fewer than frames per clip (9)"),
+        ("frames not 4k+1", "frames per clip must be 4k+1"),
+        ("empty prompt stream", "holds no prompt"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(model_dir, inputs, tmp_path, capsys, case, expected):
+    image, prompts = inputs
+    model, extra = model_dir, []
+    if case == "missing model folder":
+        model = tmp_path / "does-not-exist"
+    elif case == "partial model folder":
+        model = tmp_path / "partial"
+        shutil.copytree(model_dir, model)
+        shutil.rmtree(model / "vae")
+    elif case == "not an image":
+        image = tmp_path / "notes.png"
+        image.write_text("not pixels")
+    elif case == "zero clips":
+        extra = ["--clips", "0"]
+    elif case == "m >= frames":
+        extra = ["--motion-frames", "9"]
+    elif case == "frames not 4k+1":
+        extra = ["--frames", "10"]
+    elif case == "empty prompt stream":
+        prompts = tmp_path / "empty.txt"
+        prompts.write_text("# nothing yet\n")
+    out = tmp_path / "film.mp4"
+    assert main(args_for(model, image, prompts, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_console_exit_code_is_non_zero_on_bad_input(inputs, tmp_path):
+    image, prompts = inputs
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args_for(tmp_path / "no-model", image, prompts, tmp_path / "f.mp4")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "no-model" in result.stderr
