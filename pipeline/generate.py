@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from svi_model.atomic_files import atomic_path, write_text_atomic
-from svi_model.chain import ChainState, FilmRenderer
+from svi_model.atomic_files import write_text_atomic
+from svi_model.chain import FilmRenderer
 from svi_model.recipes import FilmSettings
 
 from .engines import EngineSpec, load_engine
 from .reference import MAX_WIDTH, load_reference
+from .run_folder import load_state, save_state
 from .video_files import read_clip, write_clip, write_film
 
 
@@ -57,12 +57,6 @@ def _clip_path(work: Path, k: int) -> Path:
 
 def _state_path(work: Path, k: int) -> Path:
     return work / f"clip_{k:04d}.state.safetensors"
-
-
-def _save_state(state: ChainState, path: Path) -> None:
-    tensors = {name: value for name, value in vars(state).items() if value is not None}
-    with atomic_path(path) as tmp:
-        save_file({name: value.contiguous() for name, value in tensors.items()}, str(tmp))
 
 
 def _stored_clip_count(work: Path, num_clips: int) -> int:
@@ -104,7 +98,7 @@ def generate_film(request: GenerateRequest) -> Path:
     settings = request.settings
     if start < request.clips:
         renderer = FilmRenderer(load_engine(request.engine), settings, reference, request.prompts)
-        stored = None if start == 0 else ChainState(**load_file(str(_state_path(work, start - 1))))
+        stored = None if start == 0 else load_state(_state_path(work, start - 1))
         clip_bar = tqdm(total=request.clips, initial=start, desc="clips", unit="clip")
         step_bar = tqdm(total=settings.steps, desc="steps", unit="step", leave=False)
 
@@ -114,7 +108,7 @@ def generate_film(request: GenerateRequest) -> Path:
 
         for k, output, state in renderer.clips(request.clips, start, stored, on_step=on_step):
             write_clip(output.frames, _clip_path(work, k), request.fps)
-            _save_state(state, _state_path(work, k))
+            save_state(state, _state_path(work, k))
             write_film(_film_chunks(settings, work, k + 1), preview, request.fps, preset="ultrafast")
             clip_bar.update()
             step_bar.reset()

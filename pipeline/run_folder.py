@@ -1,0 +1,81 @@
+"""The run folder: everything one film run made, under fixed names. It is the truth a resumed run starts from.
+
+runs/<name>/
+  request.yaml          the full, validated request
+  images/               retrieved candidates + meta.json
+  reference.png         the normalised first frame (lossless)
+  storyline.yaml        the prompt stream
+  clips/clip_0007.mkv   clip 7, lossless (FFV1)
+  clips/clip_0007.state.safetensors   what clip 8 needs (tail frames or last latent)
+  film.mp4 film.srt storyboard.png manifest.json
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from svi_model.atomic_files import atomic_path
+from svi_model.chain import ChainState
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    @property
+    def request(self) -> Path:
+        return self.root / "request.yaml"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference.png"
+
+    @property
+    def storyline(self) -> Path:
+        return self.root / "storyline.yaml"
+
+    @property
+    def clips(self) -> Path:
+        return self.root / "clips"
+
+    def clip(self, k: int) -> Path:
+        return self.clips / f"clip_{k:04d}.mkv"
+
+    def state(self, k: int) -> Path:
+        return self.clips / f"clip_{k:04d}.state.safetensors"
+
+    @property
+    def film(self) -> Path:
+        return self.root / "film.mp4"
+
+
+def save_reference_png(frame: torch.Tensor, path: Path) -> None:
+    """Store a uint8 `[H, W, 3]` frame losslessly, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(frame.numpy()).save(tmp, format="PNG")
+
+
+def load_reference_png(path: Path) -> torch.Tensor:
+    """The stored first frame, bit-exact: uint8 `[H, W, 3]`."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+
+
+def save_state(state: ChainState, path: Path) -> None:
+    """Store a `ChainState` losslessly (safetensors), atomically."""
+    tensors = {name: value.contiguous() for name, value in vars(state).items() if value is not None}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_state(path: Path) -> ChainState:
+    """A stored `ChainState`."""
+    return ChainState(**load_file(str(path)))

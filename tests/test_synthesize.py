@@ -1,0 +1,69 @@
+"""The synthesize stage: clips into the run folder, reused by content key across runs and run folders."""
+
+import pytest
+import torch
+
+from pipeline.engines import EngineSpec
+from pipeline.run_folder import RunFolder, load_state, save_reference_png
+from pipeline.synthesize import ClipStore, synthesize_clip
+from pipeline.video_files import read_clip
+from svi_model.recipes import preset
+from svi_model.sampler import ClipSampler
+from svi_model.tiny import save_tiny_model
+
+PROMPTS = ["a red ball on the grass", "the ball rolls", "the ball stops"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return EngineSpec(model=save_tiny_model(tmp_path_factory.mktemp("m") / "tiny"), device="cpu")
+
+
+@pytest.fixture
+def render_calls(monkeypatch):
+    calls = []
+    real = ClipSampler.render
+    monkeypatch.setattr(
+        ClipSampler, "render", lambda self, prompt, *a, **k: calls.append(prompt) or real(self, prompt, *a, **k)
+    )
+    return calls
+
+
+def new_run(path, reference) -> RunFolder:
+    run = RunFolder(path)
+    save_reference_png(reference, run.reference)
+    return run
+
+
+def render_all(run, prompts, engine, store, n=3):
+    settings = preset("film", num_frames=9, steps=2)
+    return [synthesize_clip(run, k, settings, prompts, engine, store=store) for k in range(n)]
+
+
+def test_clips_are_made_once_and_reused_across_run_folders(tmp_path, reference, engine, render_calls):
+    store = ClipStore(tmp_path / "store")
+    first = new_run(tmp_path / "a", reference)
+    results = render_all(first, PROMPTS, engine, store)
+    assert [r.reused for r in results] == [False] * 3 and len(render_calls) == 3
+    second = new_run(tmp_path / "b", reference)
+    again = render_all(second, PROMPTS, engine, store)
+    assert [r.reused for r in again] == [True] * 3 and len(render_calls) == 3
+    for k in range(3):
+        assert torch.equal(read_clip(first.clip(k)), read_clip(second.clip(k)))
+        assert torch.equal(load_state(first.state(k)).tail_frames, load_state(second.state(k)).tail_frames)
+
+
+def test_changing_one_prompt_recomputes_that_clip_and_the_ones_after(tmp_path, reference, engine, render_calls):
+    store = ClipStore(tmp_path / "store")
+    render_all(new_run(tmp_path / "a", reference), PROMPTS, engine, store)
+    render_calls.clear()
+    edited = [PROMPTS[0], "the ball bounces high", PROMPTS[2]]
+    results = render_all(new_run(tmp_path / "b", reference), edited, engine, store)
+    assert [r.reused for r in results] == [True, False, False]
+    assert render_calls == edited[1:]
+
+
+def test_a_clip_needs_the_one_before(tmp_path, reference, engine):
+    run = new_run(tmp_path / "a", reference)
+    with pytest.raises(FileNotFoundError, match="clip 2 needs clip 1 first"):
+        synthesize_clip(run, 2, preset("film", num_frames=9, steps=2), PROMPTS, engine, store=ClipStore(tmp_path / "s"))
