@@ -7,12 +7,17 @@ landscape image, the size the released LoRAs were trained at).
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from svi_model.atomic_files import atomic_path
+
 MAX_WIDTH = 832
+# The size the released SVI LoRAs were trained at; "crop" normalisation produces exactly this.
+FILM_SIZE = (MAX_WIDTH, 480)
 
 
 class ImageInputError(ValueError):
@@ -29,18 +34,47 @@ def film_size(width: int, height: int, max_width: int = MAX_WIDTH) -> tuple[int,
     return width, height
 
 
+def _open_upright_rgb(path: Path) -> Image.Image:
+    """The image at `path`, EXIF orientation applied (phone photos are stored sideways), as RGB."""
+    if not path.is_file():
+        raise ImageInputError(f"image {path} does not exist: give the path of a PNG or JPEG file")
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise ImageInputError(f"{path} is not a readable image ({err}): give a PNG or JPEG file") from err
+
+
 def load_reference(path: str | os.PathLike, max_width: int = MAX_WIDTH) -> torch.Tensor:
     """Read an image file as the film's first frame: uint8 `[H, W, 3]` at `film_size`.
 
     EXIF orientation is applied (phone photos are stored sideways) and any mode becomes RGB.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageInputError(f"image {path} does not exist: give the path of a PNG or JPEG file")
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise ImageInputError(f"{path} is not a readable image ({err}): give a PNG or JPEG file") from err
+    image = _open_upright_rgb(Path(path))
     size = film_size(*image.size, max_width=max_width)
     return torch.from_numpy(np.asarray(image.resize(size, Image.BICUBIC)).copy())
+
+
+def normalise_reference(
+    path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    mode: Literal["fit", "crop"] = "fit",
+    max_width: int = MAX_WIDTH,
+) -> tuple[int, int]:
+    """Write the image at `path` as the film's reference PNG at `out_path` (atomically); returns (width, height).
+
+    "fit" keeps the whole picture: width capped at `max_width`, aspect kept, sides floored to multiples of 16 (the
+    authors' recipe; 1920×1080 → 832×464). "crop" cuts the centre to the 832:480 shape the LoRAs were trained at
+    and resizes to exactly 832×480 (to `film_size(832, 480, max_width)` for a smaller film). Both apply the EXIF
+    orientation first and resize with bicubic filtering.
+    """
+    if mode not in ("fit", "crop"):
+        raise ValueError(f"mode={mode!r}: normalise with 'fit' (keep the whole picture) or 'crop' (exactly 832x480)")
+    image = _open_upright_rgb(Path(path))
+    if mode == "fit":
+        image = image.resize(film_size(*image.size, max_width=max_width), Image.BICUBIC)
+    else:
+        image = ImageOps.fit(image, film_size(*FILM_SIZE, max_width=max_width), Image.BICUBIC)
+    with atomic_path(out_path) as tmp:
+        image.save(tmp, format="PNG")
+    return image.size

@@ -1,0 +1,183 @@
+"""Candidate images from the web, through icrawler's own crawler classes, into a staging folder.
+
+icrawler runs a feeder (search-result page addresses) → parser (image URLs) → downloader (files) pipeline of
+threads. Three things are changed here, each for a reason:
+- The search engines' feeders hard-code the engine's address; the subclasses below take it as a parameter (the
+  default is the real address) so tests can serve result pages from 127.0.0.1.
+- The downloader keeps every file it fetched: icrawler's own size check opens it with PIL, silently drops files
+  PIL cannot identify (so nobody could say why) and lets `DecompressionBombError` kill the download thread.
+  Every file is checked afterwards by `image_checks`, the same way for every source.
+- The crawl is called through `Crawler.crawl` with short queue timeouts (icrawler's per-engine `crawl` methods fix
+  them at 5 s, so a crawl that runs out of URLs idles for ~6 s), and under an overall deadline: Greedy's feeder
+  never stops by itself, and a downloader that has fetched nothing waits for its parser forever.
+"""
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote_plus, urlencode
+
+from icrawler import Crawler, ImageDownloader
+from icrawler.builtin import (
+    BaiduImageCrawler,
+    BingImageCrawler,
+    FlickrImageCrawler,
+    GoogleImageCrawler,
+    GreedyImageCrawler,
+    UrlListCrawler,
+)
+from icrawler.builtin.baidu import BaiduFeeder
+from icrawler.builtin.bing import BingFeeder
+from icrawler.builtin.google import GoogleFeeder
+
+if TYPE_CHECKING:
+    from .retrieve import RetrieveRequest
+
+# The engines' own addresses, as icrawler 0.6.10 has them; `{}` placeholders take the keyword and the offset.
+BING_URL = "https://www.bing.com/images/async?q={}&first={}"
+GOOGLE_URL = "https://www.google.com/search?"
+BAIDU_URL = "http://image.baidu.com/search/acjson?tn=resultjson_com&ipn=rj&word={}&pn={}&rn=30"
+
+# Flickr serves each photo in several sizes; the largest ones are often far beyond what a 832-wide film needs
+# (and beyond `max_pixels`), so "original" is not asked for.
+FLICKR_SIZES = ["large 2048", "large 1600", "large", "medium 800", "medium 640", "medium", "small 320"]
+
+
+class BingSearchFeeder(BingFeeder):
+    """Bing's feeder with the search address as a parameter (one results page per 20 images)."""
+
+    def __init__(self, thread_num, signal, session, search_url: str = BING_URL):
+        super().__init__(thread_num, signal, session)
+        self.search_url = search_url
+
+    def feed(self, keyword, offset, max_num, filters=None):
+        qft = self.get_filter().apply(filters)
+        for first in range(offset, offset + max_num, 20):
+            # icrawler puts the keyword in unquoted; quoting keeps "&" or "#" in a keyword from cutting the query.
+            url = self.search_url.format(quote_plus(keyword), first)
+            self.out_queue.put(url + ("&qft=" + qft if qft else ""))
+
+
+class GoogleSearchFeeder(GoogleFeeder):
+    """Google's feeder with the search address as a parameter (one results page per 100 images)."""
+
+    def __init__(self, thread_num, signal, session, search_url: str = GOOGLE_URL):
+        super().__init__(thread_num, signal, session)
+        self.search_url = search_url
+
+    def feed(self, keyword, offset, max_num, language=None, filters=None):
+        tbs = self.get_filter().apply(filters, sep=",")
+        for start in range(offset, offset + max_num, 100):
+            params = dict(q=keyword, ijn=start // 100, start=start, tbs=tbs, tbm="isch")
+            if language:
+                params["lr"] = "lang_" + language
+            self.out_queue.put(self.search_url + urlencode(params))
+
+
+class BaiduSearchFeeder(BaiduFeeder):
+    """Baidu's feeder with the search address as a parameter (one results page per 30 images)."""
+
+    def __init__(self, thread_num, signal, session, search_url: str = BAIDU_URL):
+        super().__init__(thread_num, signal, session)
+        self.search_url = search_url
+
+    def feed(self, keyword, offset, max_num, filters=None):
+        extra = self.get_filter().apply(filters, sep="&")
+        for start in range(offset, offset + max_num, 30):
+            url = self.search_url.format(quote_plus(keyword), start)
+            self.out_queue.put(url + ("&" + extra if extra else ""))
+
+
+_SEARCH_FEEDERS = {"bing": BingSearchFeeder, "google": GoogleSearchFeeder, "baidu": BaiduSearchFeeder}
+
+
+def check_search_filters(source: str, filters: dict[str, str]) -> None:
+    """Raise ValueError, naming the allowed values, if icrawler's filter table for `source` refuses `filters`.
+
+    Checked before crawling because inside the crawl the error would only kill the feeder thread, leaving an
+    empty result and a traceback in the log.
+    """
+    # get_filter builds a fresh table and uses nothing of the feeder itself, so no feeder threads are needed.
+    table = _SEARCH_FEEDERS[source].get_filter(None)
+    try:
+        table.apply(filters)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{source} search filters {filters}: {err.args[0]}") from None
+
+
+class StagingDownloader(ImageDownloader):
+    """icrawler's image downloader keeping every file it fetched and remembering each file's URL."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sources: dict[str, str] = {}
+
+    def keep_file(self, task, response, **kwargs):
+        # Every file is judged afterwards by image_checks, the same way for every source (see the module notes).
+        return True
+
+    def process_meta(self, task):
+        if task["success"]:
+            with self.lock:
+                self.sources[task["filename"]] = task["file_url"]
+
+
+def _crawler_and_kwargs(request: "RetrieveRequest", staging: Path, max_num: int) -> tuple[Crawler, dict, dict]:
+    """The icrawler crawler for `request.source`, with the feeder and parser arguments its own `crawl` would pass."""
+    common = dict(
+        downloader_cls=StagingDownloader,
+        downloader_threads=request.downloader_threads,
+        storage={"backend": "FileSystem", "root_dir": str(staging)},
+        log_level=logging.WARNING,
+    )
+    keyword = " ".join(request.keywords)
+    filters = request.filters or None
+    engine_url = {"extra_feeder_args": {"search_url": request.search_url}} if request.search_url else {}
+    if request.source == "bing":
+        crawler = BingImageCrawler(feeder_cls=BingSearchFeeder, **engine_url, **common)
+        return crawler, dict(keyword=keyword, offset=0, max_num=max_num, filters=filters), {}
+    if request.source == "google":
+        crawler = GoogleImageCrawler(feeder_cls=GoogleSearchFeeder, **engine_url, **common)
+        return crawler, dict(keyword=keyword, offset=0, max_num=max_num, filters=filters), {}
+    if request.source == "baidu":
+        crawler = BaiduImageCrawler(feeder_cls=BaiduSearchFeeder, **engine_url, **common)
+        return crawler, dict(keyword=keyword, offset=0, max_num=max_num, filters=filters), {}
+    if request.source == "flickr":
+        apikey = os.environ["FLICKR_API_KEY"]
+        crawler = FlickrImageCrawler(apikey=apikey, **common)
+        search = {"text": keyword, "sort": "relevance", **request.filters}
+        return crawler, dict(apikey=apikey, **search), dict(apikey=apikey, size_preference=FLICKR_SIZES)
+    if request.source == "greedy":
+        site = [str(request.site).rstrip("/")]
+        return GreedyImageCrawler(**common), dict(domains=site), dict(domains=site)
+    if request.source == "urls":
+        return UrlListCrawler(**common), dict(url_list=[str(url) for url in request.urls]), {}
+    raise ValueError(f"source {request.source!r} is not a web source")
+
+
+def crawl_candidates(request: "RetrieveRequest", staging: Path, max_num: int) -> list[tuple[Path, str]]:
+    """Fetch up to `max_num` files for a web source into `staging`: (file, its URL), in download order."""
+    staging.mkdir(parents=True, exist_ok=True)
+    crawler, feeder_kwargs, parser_kwargs = _crawler_and_kwargs(request, staging, max_num)
+    timeouts = dict(queue_timeout=request.queue_timeout_s, req_timeout=request.request_timeout_s)
+    crawl = threading.Thread(
+        target=Crawler.crawl,
+        args=(crawler,),
+        kwargs=dict(
+            feeder_kwargs=feeder_kwargs,
+            parser_kwargs={**parser_kwargs, **timeouts},
+            downloader_kwargs=dict(max_num=max_num, **timeouts),
+        ),
+        name="icrawler",
+        daemon=True,
+    )
+    crawl.start()
+    crawl.join(request.crawl_timeout_s)
+    # Whether it finished or ran out of time: this signal is what makes icrawler's feeder, parser and downloader
+    # threads leave their loops, so none is left waiting in a long-lived process (a Prefect worker).
+    crawler.signal.set(reach_max_num=True)
+    crawl.join()
+    sources = crawler.downloader.sources
+    return [(staging / name, sources[name]) for name in sorted(sources)]
