@@ -22,7 +22,7 @@ from svi_model.recipes import FilmSettings
 from .engines import EngineSpec, load_engine
 from .reference import MAX_WIDTH, load_reference
 from .run_folder import load_state, save_state
-from .video_files import read_clip, write_clip, write_film
+from .video_files import StoredFrames, stitched_clips, write_clip, write_film
 
 
 class GenerateRequest(BaseModel):
@@ -84,10 +84,9 @@ def prepare_work_folder(request: GenerateRequest, reference: torch.Tensor) -> tu
     return work, _stored_clip_count(work, request.clips)
 
 
-def _film_chunks(settings: FilmSettings, work: Path, done: int):
-    """Kept frames of clips 0..done−1 as they go into the film (the last stored clip counts as the last)."""
-    for k in range(done):
-        yield read_clip(_clip_path(work, k))[settings.kept_frames(k, done)]
+def _film_so_far(settings: FilmSettings, work: Path, done: int) -> list[StoredFrames]:
+    """The film of clips 0..done−1 (the last stored clip counts as the last)."""
+    return stitched_clips(settings, [_clip_path(work, k) for k in range(done)])
 
 
 def generate_film(request: GenerateRequest) -> Path:
@@ -109,12 +108,12 @@ def generate_film(request: GenerateRequest) -> Path:
         for k, output, state in renderer.clips(request.clips, start, stored, on_step=on_step):
             write_clip(output.frames, _clip_path(work, k), request.fps)
             save_state(state, _state_path(work, k))
-            write_film(_film_chunks(settings, work, k + 1), preview, request.fps, preset="ultrafast")
+            write_film(_film_so_far(settings, work, k + 1), preview, request.fps, preset="ultrafast", progress=False)
             clip_bar.update()
             step_bar.reset()
         step_bar.close()
         clip_bar.close()
-    write_film(_film_chunks(settings, work, request.clips), request.out, request.fps)
+    write_film(_film_so_far(settings, work, request.clips), request.out, request.fps)
     preview.unlink(missing_ok=True)
     return request.out
 

@@ -1,35 +1,44 @@
 """Video files: lossless clips (FFV1 in Matroska) and the H.264 film, through the ffmpeg that moviepy ships.
 
 Clips are stored losslessly because the next clip is conditioned on their exact uint8 bytes and a resumed run must
-see what an uninterrupted one saw. The film streams frames from the stored clips one clip at a time, so a 50-clip
-film never has to fit in memory.
+see what an uninterrupted one saw. The film is written by moviepy from a frame function that reads the stored clips
+one at a time, so a 50-clip film never has to fit in memory.
 """
 
+import bisect
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 import torch
+from moviepy import VideoClip, VideoFileClip, concatenate_videoclips, vfx
 
 from svi_model.atomic_files import atomic_path
-
-
-def _write_frames(frames: Iterable[np.ndarray], size: tuple[int, int], path, fps: float, codec_args: dict) -> None:
-    writer = imageio_ffmpeg.write_frames(
-        str(path), size, fps=fps, pix_fmt_in="rgb24", macro_block_size=1, ffmpeg_log_level="error", **codec_args
-    )
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+from svi_model.recipes import FilmSettings
 
 
 def write_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16) -> None:
     """Store uint8 frames `[F, H, W, 3]` losslessly (FFV1 .mkv), atomically."""
     height, width = frames.shape[1:3]
     with atomic_path(path) as tmp:
-        _write_frames(frames.numpy(), (width, height), tmp, fps, dict(codec="ffv1", pix_fmt_out="bgr0"))
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp),
+            (width, height),
+            fps=fps,
+            pix_fmt_in="rgb24",
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+            codec="ffv1",
+            pix_fmt_out="bgr0",
+        )
+        writer.send(None)
+        for frame in frames.numpy():
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
 
 
 def read_clip(path: str | os.PathLike) -> torch.Tensor:
@@ -40,31 +49,140 @@ def read_clip(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames))
 
 
-def write_film(
-    frame_chunks: Iterable[torch.Tensor], path: str | os.PathLike, fps: float = 16, preset: str = "medium"
-) -> int:
-    """Encode chunks of uint8 frames `[n, H, W, 3]` as one H.264 yuv420p MP4, atomically. Returns the frame count.
+@dataclass(frozen=True)
+class StoredFrames:
+    """The frames `kept` of the stored clip at `path` (which holds `clip_frames` frames), read when needed."""
 
-    H.264 with yuv420p needs even sides; SVI's sizes are multiples of 16, so nothing is cropped.
-    """
-    chunks = iter(frame_chunks)
-    first = next(chunks)
-    height, width = first.shape[1:3]
-    count = 0
+    path: Path
+    clip_frames: int
+    kept: range
 
-    def frames():
-        nonlocal count
-        for chunk in (first, *chunks):
-            for frame in chunk.numpy():
-                count += 1
-                yield frame
+    def __len__(self) -> int:
+        return len(self.kept)
 
-    with atomic_path(path) as tmp:
-        _write_frames(
-            frames(),
-            (width, height),
-            tmp,
-            fps,
-            dict(codec="libx264", pix_fmt_out="yuv420p", output_params=["-preset", preset, "-crf", "18"]),
+    def load(self) -> np.ndarray:
+        """The kept frames, uint8 `[len(kept), H, W, 3]`."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path} is missing: render the clip again (`svi film` with the same run)")
+        frames = read_clip(self.path)
+        if len(frames) != self.clip_frames:
+            raise ValueError(
+                f"{self.path} holds {len(frames)} frames where the request makes {self.clip_frames}: it was made "
+                "with other settings; render it again with this request"
+            )
+        return frames[self.kept.start : self.kept.stop].numpy()
+
+
+FilmPart = torch.Tensor | StoredFrames
+"""A run of film frames: uint8 `[n, H, W, 3]` in memory, or a stored clip's kept frames."""
+
+
+def stitched_clips(settings: FilmSettings, clips: Sequence[Path]) -> list[StoredFrames]:
+    """The film made of the stored clips `clips` (in order), each cut by the settings' stitching rule."""
+    return [
+        StoredFrames(
+            Path(path), settings.num_frames, range(*settings.kept_frames(k, len(clips)).indices(settings.num_frames))
         )
-    return count
+        for k, path in enumerate(clips)
+    ]
+
+
+class FilmFrames:
+    """The film's frames by index, read from its parts only when asked for; one part is held at a time, so reading
+    in order loads each stored clip once. `spans[k]` are the film frames part k fills."""
+
+    def __init__(self, parts: Sequence[FilmPart]):
+        if not parts:
+            raise ValueError("a film needs at least one clip")
+        self.parts = list(parts)
+        self.spans: list[range] = []
+        for part in self.parts:
+            start = self.spans[-1].stop if self.spans else 0
+            self.spans.append(range(start, start + len(part)))
+        self._ends = [span.stop for span in self.spans]
+        self._held: tuple[int, np.ndarray] | None = None
+        self._size: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return self._ends[-1]
+
+    def part_frames(self, k: int) -> np.ndarray:
+        """Part `k`'s frames, uint8 `[n, H, W, 3]`."""
+        if self._held is None or self._held[0] != k:
+            part = self.parts[k]
+            frames = part.numpy() if isinstance(part, torch.Tensor) else part.load()
+            size = frames.shape[1:3]
+            if self._size is not None and size != self._size:
+                name = part.path if isinstance(part, StoredFrames) else f"film part {k}"
+                raise ValueError(f"{name} is {size[1]}x{size[0]} where the film is {self._size[1]}x{self._size[0]}")
+            self._held, self._size = (k, frames), size
+        return self._held[1]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Film frame `index`, uint8 `[H, W, 3]`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"film frame {index} is outside 0..{len(self) - 1}")
+        k = bisect.bisect_right(self._ends, index)
+        return self.part_frames(k)[index - self.spans[k].start]
+
+
+def _write_h264(clip: VideoClip, path: str | os.PathLike, fps: float, preset: str, progress: bool) -> None:
+    """Encode a moviepy clip as H.264 yuv420p MP4 (CRF 18, no audio), atomically."""
+    width, height = clip.size
+    if width % 2 or height % 2:
+        raise ValueError(f"H.264 in yuv420p needs even sides, the film is {width}x{height}")
+    with atomic_path(path) as tmp:
+        clip.write_videofile(
+            str(tmp),
+            fps=fps,
+            codec="libx264",
+            preset=preset,
+            audio=False,
+            # moviepy 2.2 ignores `pixel_format` for libx264 and appends `-pix_fmt yuva420p` (its issue #2539), which
+            # libx264 lacks, so ffmpeg falls back to yuv420p (the tests check it); ours states the intent.
+            ffmpeg_params=["-crf", "18", "-pix_fmt", "yuv420p"],
+            logger="bar" if progress and sys.stderr.isatty() else None,
+        )
+
+
+def write_film(
+    parts: Sequence[FilmPart], path: str | os.PathLike, fps: float = 16, preset: str = "medium", progress: bool = True
+) -> int:
+    """Encode the parts, one after another, as one H.264 yuv420p MP4, atomically. Returns the frame count.
+
+    `progress` shows moviepy's bar when stderr is a terminal. SVI's sizes are multiples of 16, so nothing is cropped.
+    """
+    frames = FilmFrames(parts)
+    # moviepy writes int(duration·fps) frames at t = i/fps: half a frame more keeps float rounding from dropping
+    # the last one, and round() maps each t back to its exact index.
+    clip = VideoClip(lambda t: frames[round(t * fps)], duration=(len(frames) + 0.5) / fps)
+    _write_h264(clip, path, fps, preset, progress)
+    return len(frames)
+
+
+def join_chapters(
+    films: Sequence[Path], out: Path, crossfade_s: float = 1.0, preset: str = "medium", progress: bool = True
+) -> Path:
+    """Join chapter films into one, each fading into the next over `crossfade_s` seconds; returns `out`.
+
+    Chapters of different sizes are centred on black in a frame as large as the largest. The result has about
+    `sum(frames) − (chapters − 1)·crossfade_s·fps` frames (moviepy times chapters in float seconds) at the first
+    chapter's fps. Chapters are decoded from H.264, so each is encoded twice.
+    """
+    if not films:
+        raise ValueError("joining chapters needs at least one film")
+    chapters = [VideoFileClip(str(film), audio=False) for film in films]
+    try:
+        shortest = min(chapters, key=lambda chapter: chapter.duration)
+        if len(chapters) > 1 and not 0 < crossfade_s < shortest.duration:
+            raise ValueError(
+                f"the crossfade ({crossfade_s} s) must be positive and shorter than every chapter "
+                f"({shortest.filename} lasts {shortest.duration:.2f} s)"
+            )
+        faded = [chapters[0], *(chapter.with_effects([vfx.CrossFadeIn(crossfade_s)]) for chapter in chapters[1:])]
+        joined = concatenate_videoclips(faded, method="compose", padding=-crossfade_s, bg_color=(0, 0, 0))
+        _write_h264(joined, out, chapters[0].fps, preset, progress)
+    finally:
+        for chapter in chapters:
+            chapter.close()
+    return out
