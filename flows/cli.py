@@ -3,6 +3,12 @@
     svi generate --mode film --image frame.jpg --prompts story.txt --clips 10 --model weights/Wan2.1-I2V-14B-480P \
                  --lora weights/svi-film-opt-10212025.safetensors --out film.mp4
     svi demo                 # the embedded default: tiny random model, bundled image and prompts, CPU
+    svi film --keywords "red ball" --clips 3 --run-dir runs/red-ball     # the Prefect flow (offline by default)
+    svi prompts --keywords "red ball" --clips 3 --run-dir runs/red-ball  # the storyline only, to edit
+    svi assemble --run-dir runs/red-ball                                 # film, subtitles, storyboard again
+    svi server                # the Prefect UI on http://127.0.0.1:4200
+    svi serve                 # the flows as deployments: start runs and Retry failed ones from the UI
+    svi batch films.yaml      # several films
 
 Bad input ends with one `error:` line that names the input and what to do, and exit code 2.
 """
@@ -147,6 +153,77 @@ def _demo(args: argparse.Namespace) -> None:
     _generate(args)
 
 
+def _add_film_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `svi film` / `svi prompts`: the fields of FilmRequest (unset ones take the profile's value)."""
+    parser.add_argument("--keywords", nargs="+", help="what the film is about, e.g. --keywords 'red ball' meadow")
+    parser.add_argument("--images", nargs="+", type=Path, help="your own pictures instead of retrieval")
+    parser.add_argument("--prompts", dest="prompts_file", type=Path, help="your own prompt stream file")
+    parser.add_argument("--clips", type=int)
+    parser.add_argument("--mode", choices=["film", "shot", "tom", "pro"])
+    parser.add_argument("--profile", choices=["demo", "wan"])
+    parser.add_argument("--run-dir", type=Path)
+    parser.add_argument("--model", type=Path, help="local Wan2.1-I2V-14B-480P folder")
+    parser.add_argument("--lora", type=Path)
+    parser.add_argument("--lora-scale", type=float)
+    parser.add_argument("--device")
+    parser.add_argument("--source", help="bundled, bing, google, baidu, flickr, greedy, urls, folder")
+    parser.add_argument("--storyline", dest="storyline_backend", choices=["template", "qwen", "openai"])
+    parser.add_argument("--qwen-model", type=Path, help="local Qwen2.5-VL-3B/7B-Instruct folder")
+    parser.add_argument("--openai-base-url")
+    parser.add_argument("--openai-model")
+    parser.add_argument("--style")
+    parser.add_argument("--genre")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--cfg", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--fps", type=float)
+    parser.add_argument("--width", type=int, help="film width at most (default 416 demo, 832 wan)")
+
+
+def _film_request(args: argparse.Namespace):
+    from pipeline.film_request import FilmRequest
+
+    fields = {name: value for name, value in vars(args).items() if name in FilmRequest.model_fields}
+    return FilmRequest(**{name: value for name, value in fields.items() if value is not None})
+
+
+def _film(args: argparse.Namespace) -> None:
+    from flows.film import film
+
+    print(f"wrote {film(_film_request(args))}")
+
+
+def _prompts(args: argparse.Namespace) -> None:
+    from flows.film import prompts
+
+    path = prompts(_film_request(args))
+    print(f"wrote {path}: edit it, then run `svi film` with the same --run-dir to render it")
+
+
+def _assemble(args: argparse.Namespace) -> None:
+    from pipeline.assemble import assemble_run
+
+    print(f"wrote {assemble_run(args.run_dir)}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from flows.serve import serve_flows
+
+    serve_flows(gpu_slots=args.gpu_slots)
+
+
+def _server(args: argparse.Namespace) -> None:
+    os.execvp("prefect", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port)])
+
+
+def _batch(args: argparse.Namespace) -> None:
+    from flows.batch import batch
+
+    for path in batch(args.file):
+        print(f"wrote {path}")
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (reported in one line), as opposed to bugs (reported with a traceback)."""
     from pydantic import ValidationError
@@ -174,6 +251,24 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", type=Path, default=Path("runs/demo/film.mp4"))
     demo.add_argument("--clips", type=int, default=3)
     demo.set_defaults(run=_demo)
+    film = commands.add_parser("film", help="keywords (or pictures) to film, as a Prefect flow")
+    _add_film_arguments(film)
+    film.set_defaults(run=_film)
+    prompts = commands.add_parser("prompts", help="write the storyline only (storyline.yaml), to edit before rendering")
+    _add_film_arguments(prompts)
+    prompts.set_defaults(run=_prompts)
+    assemble = commands.add_parser("assemble", help="assemble film.mp4, film.srt, storyboard.png from a run folder")
+    assemble.add_argument("--run-dir", type=Path, required=True)
+    assemble.set_defaults(run=_assemble)
+    serve = commands.add_parser("serve", help="serve the flows as deployments (Run and Retry from the UI)")
+    serve.add_argument("--gpu-slots", type=int, default=1, help="clip tasks that may share the GPU at once")
+    serve.set_defaults(run=_serve)
+    server = commands.add_parser("server", help="start the Prefect server and UI on 127.0.0.1")
+    server.add_argument("--port", type=int, default=4200)
+    server.set_defaults(run=_server)
+    batch = commands.add_parser("batch", help="make every film listed in a YAML file")
+    batch.add_argument("file", type=Path)
+    batch.set_defaults(run=_batch)
     args = parser.parse_args(argv)
     try:
         args.run(args)

@@ -59,7 +59,7 @@ def clip_key(
         "settings": settings.model_dump(mode="json"),
         "prompt": settings.prompt_for(k, prompts),
         "seed": settings.seed_for(k),
-        "fps": fps,
+        "fps": float(fps),  # 16 and 16.0 are the same film
         "reference": tensor_digest({"reference": reference}),
         "previous": None if previous is None else tensor_digest(_state_tensors(previous)),
     }

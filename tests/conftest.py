@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Reusable work (clip store, Prefect results) goes to a throwaway folder, never the user's ~/.cache/svi-film.
+os.environ["SVI_CACHE_DIR"] = tempfile.mkdtemp(prefix="svi-test-cache-")
 
 import pytest
 import torch
@@ -9,6 +12,15 @@ from diffusers import WanImageToVideoPipeline
 from svi_model.sampler import ClipSampler
 from svi_model.schedule import SVIFlowMatchScheduler
 from svi_model.tiny import tiny_components
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One throwaway Prefect server and database for the whole session (starting one takes seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
 
 
 @pytest.fixture(scope="session")

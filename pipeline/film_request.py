@@ -1,0 +1,113 @@
+"""What one film is made from: `FilmRequest` (a form in the Prefect UI, `request.yaml` in the run folder) and the
+profiles that fill in everything it leaves open.
+
+Profiles:
+- `demo` (default): offline and on the CPU. Bundled pictures matched by keyword, the template storyline, and the
+  small bundled model (until the trained one ships: tiny random weights, built offline in a second; the film's
+  pictures are then noise, and the run says so). Short clips (33 frames, 8 steps) at 416 px wide.
+- `wan`: real weights from local folders: Wan2.1-I2V-14B-480P (`model`), an SVI LoRA (`lora`), Qwen2.5-VL
+  (`qwen_model`) or an OpenAI-compatible server (`openai_base_url`) for the storyline, Bing for pictures; the
+  paper's settings (81 frames, 50 steps, CFG 5) at 832 px wide on the GPU.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from svi_model.recipes import FilmSettings, preset
+
+from .engines import EngineSpec
+from .retrieve import RetrieveRequest, Source
+from .storyline import StorylineRequest
+from .synthesize import cache_root
+
+Profile = Literal["demo", "wan"]
+
+
+class FilmRequest(BaseModel):
+    """One film: keywords (or your own pictures) → storyline → clips → film.mp4 in `run_dir`."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    keywords: list[str] = Field(default_factory=lambda: ["red ball"], description="what the film is about")
+    images: list[Path] = Field(default_factory=list, description="your own pictures (skip retrieval)")
+    prompts_file: Path | None = Field(None, description="your own prompt stream (skip the storyline)")
+    clips: int = Field(3, ge=1, le=1000, description="clips of ~5 s each; one prompt per clip")
+    mode: Literal["film", "shot", "tom", "pro"] = Field("film", description="SVI variant")
+    profile: Profile = Field("demo", description="demo: offline CPU defaults; wan: real weights on a GPU")
+    run_dir: Path = Field(Path("runs/film"), description="where everything this film makes is kept")
+    model: Path | None = Field(None, description="wan: local Wan2.1-I2V-14B-480P folder")
+    lora: Path | None = Field(None, description="wan: SVI LoRA .safetensors for the mode")
+    lora_scale: float = Field(1.0, ge=0.0, le=2.0)
+    device: str | None = Field(None, description="cuda, cuda:1 or cpu (default: the profile's)")
+    source: Source | None = Field(None, description="where pictures come from (default: bundled / bing)")
+    storyline_backend: Literal["template", "qwen", "openai"] | None = Field(None, description="default: profile's")
+    qwen_model: Path | None = Field(None, description="local Qwen2.5-VL-3B/7B-Instruct folder")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    openai_model: str | None = None
+    style: str | None = Field(None, description="e.g. 'cinematic, golden hour'")
+    genre: str | None = Field(None, description="e.g. 'nature documentary'")
+    steps: int | None = Field(None, ge=1)
+    cfg: float | None = Field(None, ge=1.0)
+    seed: int = Field(42, ge=0, description="clip k uses seed·k")
+    frames: int | None = Field(None, description="frames per clip, 4k+1")
+    fps: float = Field(16.0, gt=0)
+    width: int | None = Field(None, ge=64, le=1920, description="film width at most (default 416 demo, 832 wan)")
+
+    @model_validator(mode="after")
+    def _needs(self) -> "FilmRequest":
+        if self.profile == "wan" and self.model is None:
+            raise ValueError("profile 'wan' needs model: the local Wan2.1-I2V-14B-480P folder (see README)")
+        return self
+
+    def settings(self) -> FilmSettings:
+        """The clip settings: the mode's preset, the profile's defaults, then the request's own values."""
+        demo = self.profile == "demo"
+        overrides = {
+            "num_frames": self.frames or (33 if demo else 81),
+            "steps": self.steps or (8 if demo else 50),
+            "seed": self.seed,
+        }
+        if self.cfg is not None:
+            overrides["guidance_scale"] = self.cfg
+        return preset(self.mode, **overrides)
+
+    def engine(self) -> EngineSpec:
+        if self.profile == "demo":
+            model = self.model or cache_root() / "tiny-model"
+            return EngineSpec(model=model, lora=self.lora, lora_scale=self.lora_scale, device=self.device or "cpu")
+        fields = dict(model=self.model, lora=self.lora, lora_scale=self.lora_scale)
+        return EngineSpec(**fields, **({"device": self.device} if self.device else {}))
+
+    def max_width(self) -> int:
+        """The reference's width cap; its sides are then rounded down to multiples of 16."""
+        return self.width or (416 if self.profile == "demo" else 832)
+
+    def retrieve_request(self) -> RetrieveRequest:
+        source = self.source or ("bundled" if self.profile == "demo" else "bing")
+        return RetrieveRequest(keywords=self.keywords, source=source)
+
+    def storyline_request(self) -> StorylineRequest:
+        """The storyline backend: the request's, else the template (demo), an OpenAI server if given, else Qwen."""
+        if self.storyline_backend:
+            backend = self.storyline_backend
+        elif self.profile == "demo":
+            backend = "template"
+        else:
+            backend = "openai" if self.openai_base_url else "qwen"
+        return StorylineRequest(
+            backend=backend,
+            clips=self.clips,
+            keywords=self.keywords,
+            style=self.style,
+            genre=self.genre,
+            qwen_model=self.qwen_model,
+            device=self.device,
+            openai_base_url=self.openai_base_url,
+            openai_model=self.openai_model,
+        )
+
+    def uses_random_weights(self) -> bool:
+        """True when the demo renders with tiny random weights (no model folder given)."""
+        return self.profile == "demo" and self.model is None

@@ -1,0 +1,109 @@
+"""The `openai` storyline backend: any OpenAI-compatible chat server (vLLM, LM Studio, llama.cpp's server…).
+
+One `POST {base_url}/chat/completions` per ask, with httpx (already a Prefect dependency). The picture goes in as
+a `data:image/png;base64,…` URL in an `image_url` content part of the first message, shrunk first to `max_pixels`
+(the server applies its own limit too, but a smaller upload is faster). The key is read from the environment
+variable the request names, never stored; without it no Authorization header is sent (vLLM without `--api-key`).
+"""
+
+import base64
+import io
+import math
+import os
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from .storyline import ChatTurn, StorylineError, StorylineServerError
+
+
+def image_data_url(image: Path, max_pixels: int) -> str:
+    """The picture at `image` as a PNG data URL, scaled down (aspect kept) to at most `max_pixels` pixels."""
+    with Image.open(image) as picture:
+        rgb = picture.convert("RGB")
+    scale = math.sqrt(max_pixels / (rgb.width * rgb.height))
+    if scale < 1:
+        rgb = rgb.resize((max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def openai_messages(image_url: str, turns: list[ChatTurn]) -> list[dict]:
+    """The conversation in the OpenAI chat format, the picture first in the first message."""
+    messages = []
+    for index, turn in enumerate(turns):
+        if index == 0:
+            content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": turn.text}]
+            messages.append({"role": turn.role, "content": content})
+        else:
+            messages.append({"role": turn.role, "content": turn.text})
+    return messages
+
+
+class OpenAIChat:
+    """(picture, conversation) → the reply of the model served at `base_url`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        json_mode: bool = True,
+        max_pixels: int = 512 * 28 * 28,
+        max_tokens: int = 4096,
+        temperature: float = 0.0,
+        seed: int = 0,
+        timeout_s: float = 300.0,
+    ):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env, self.json_mode = model, api_key_env, json_mode
+        self.max_pixels, self.max_tokens = max_pixels, max_tokens
+        self.temperature, self.seed, self.timeout_s = temperature, seed, timeout_s
+
+    def request_body(self, image: Path, turns: list[ChatTurn]) -> dict:
+        """The JSON body of one chat-completions request."""
+        body = {
+            "model": self.model,
+            "messages": openai_messages(image_data_url(image, self.max_pixels), turns),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
+        if self.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    def _headers(self) -> dict[str, str]:
+        key = os.environ.get(self.api_key_env)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def __call__(self, image: Path, turns: list[ChatTurn]) -> str:
+        try:
+            response = httpx.post(
+                self.url, json=self.request_body(image, turns), headers=self._headers(), timeout=self.timeout_s
+            )
+        except httpx.TimeoutException as err:
+            raise StorylineServerError(f"{self.url} did not answer within {self.timeout_s:.0f} s (timeout_s)") from err
+        except httpx.HTTPError as err:
+            raise StorylineServerError(
+                f"cannot reach the storyline server at {self.url} ({err}): is it running, and is openai_base_url "
+                "right (it usually ends in /v1)?"
+            ) from err
+        if response.status_code in (401, 403):
+            raise StorylineError(
+                f"{self.url} refused the key (HTTP {response.status_code}): put the server's key in the "
+                f"environment variable {self.api_key_env}"
+            )
+        if response.status_code == 429 or response.status_code >= 500:
+            raise StorylineServerError(f"{self.url} answered HTTP {response.status_code}: {response.text[:500]}")
+        if response.status_code != 200:
+            hint = " (if the server rejects response_format, set openai_json_mode false)" if self.json_mode else ""
+            raise StorylineError(f"{self.url} answered HTTP {response.status_code}: {response.text[:500]}{hint}")
+        try:
+            content = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise StorylineError(f"{self.url} answered with no chat completion: {response.text[:500]}") from err
+        # A refusal comes back as null content: an empty reply, which is re-asked like any other bad one.
+        return content or ""

@@ -1,0 +1,170 @@
+"""The `film` flow on a real (throwaway) Prefect server: keywords → film offline, Retry of a failed run, edits.
+
+Clips are short and small (9 frames, 2 steps, 128 px wide) so that every run takes seconds on the CPU; the model
+is the demo's tiny one.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.flow_engine import run_flow
+from prefect.states import AwaitingRetry
+
+from flows.batch import batch
+from flows.cli import main
+from flows.film import film
+from pipeline.film_request import FilmRequest
+from pipeline.run_folder import RunFolder
+from pipeline.video_files import read_clip
+from svi_model.chain import FilmRenderer
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def rendered(monkeypatch):
+    """Records k for every clip the model renders; `rendered.fail_at = k` makes clip k fail once."""
+
+    class Record(list):
+        fail_at: int | None = None
+
+    record = Record()
+    real = FilmRenderer.render_clip
+
+    def counting(self, k, *args, **kwargs):
+        if k == record.fail_at:
+            record.fail_at = None
+            raise InjectedFault(f"injected fault at clip {k}")
+        record.append(k)
+        return real(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(FilmRenderer, "render_clip", counting)
+    return record
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """A clip store nobody has rendered into, so the run must make every clip itself."""
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def request_for(run_dir, clips=5, **fields) -> FilmRequest:
+    return FilmRequest(keywords=["red ball"], clips=clips, frames=9, steps=2, width=128, run_dir=run_dir, **fields)
+
+
+def film_frames(run_dir) -> list[np.ndarray]:
+    run = RunFolder(run_dir)
+    return [read_clip(run.clip(k)).numpy() for k in range(len(list(run.clips.glob("clip_*.mkv"))))]
+
+
+def retry_in_place(flow_run_id) -> None:
+    """What the UI's Retry button does: the failed run goes back to AwaitingRetry and runs again, same id."""
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, AwaitingRetry(), force=True)
+        flow_run = client.read_flow_run(flow_run_id)
+    run_flow(film, flow_run=flow_run, parameters=flow_run.parameters)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run_id).state.is_completed()
+
+
+def test_keywords_to_film_offline(tmp_path, fresh_cache, rendered):
+    run = RunFolder(tmp_path / "run")
+    path = film(request_for(run.root, clips=3))
+
+    assert path == run.film and path.stat().st_size > 0
+    assert rendered == [0, 1, 2]
+    for made in ("reference.png", "storyline.yaml", "film.srt", "storyboard.png", "manifest.json", "request.yaml"):
+        assert (run.root / made).is_file(), made
+    prompts = yaml.safe_load(run.storyline.read_text())["prompts"]
+    assert len(prompts) == 3 and all("ball" in p for p in prompts)
+    assert json.loads(run.request.read_text())["keywords"] == ["red ball"]
+
+
+def test_retry_of_a_failed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, monkeypatch, rendered):
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache-a"))
+    faulty = request_for(tmp_path / "faulty")
+    rendered.fail_at = 3
+    state = film(faulty, return_state=True)
+    assert state.is_failed() and "injected fault at clip 3" in str(state.message)
+    assert rendered == [0, 1, 2]
+    assert not RunFolder(faulty.run_dir).film.exists()
+
+    retry_in_place(state.state_details.flow_run_id)
+    assert rendered == [0, 1, 2, 3, 4], "the retry must not render clips 0-2 again"
+
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache-b"))
+    rendered.clear()
+    film(request_for(tmp_path / "straight"))
+    assert rendered == [0, 1, 2, 3, 4]
+
+    resumed, straight = film_frames(tmp_path / "faulty"), film_frames(tmp_path / "straight")
+    assert len(resumed) == len(straight) == 5
+    for k, (a, b) in enumerate(zip(resumed, straight, strict=True)):
+        assert np.array_equal(a, b), f"clip {k} differs"
+
+
+def test_editing_the_prompt_of_clip_3_renders_clips_3_and_4_only(tmp_path, fresh_cache, rendered):
+    request = request_for(tmp_path / "run")
+    film(request)
+    assert rendered == [0, 1, 2, 3, 4]
+    before = film_frames(request.run_dir)
+
+    run = RunFolder(request.run_dir)
+    storyline = yaml.safe_load(run.storyline.read_text())
+    storyline["prompts"][3] = "the red ball bursts into confetti, which drifts slowly across the meadow"
+    run.storyline.write_text(yaml.safe_dump(storyline))
+    rendered.clear()
+    film(request)
+
+    assert rendered == [3, 4]
+    after = film_frames(request.run_dir)
+    assert all(np.array_equal(before[k], after[k]) for k in range(3))
+    assert not np.array_equal(before[3], after[3])
+
+
+SMALL = ["--clips", "2", "--frames", "9", "--steps", "2", "--width", "128"]
+
+
+def test_command_line_prompts_then_film_then_assemble(tmp_path, fresh_cache, capsys):
+    run = RunFolder(tmp_path / "run")
+    common = ["--keywords", "sailboat", *SMALL, "--run-dir", str(run.root)]
+
+    assert main(["prompts", *common]) == 0
+    assert run.storyline.is_file() and not run.film.exists()
+    assert main(["film", *common]) == 0
+    assert run.film.is_file()
+    run.film.unlink()
+    assert main(["assemble", "--run-dir", str(run.root)]) == 0
+    assert run.film.is_file()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--clips", "0"], "clips"),
+        (["--profile", "wan"], "model"),
+        (["--images", "missing.png", "--clips", "1"], "missing.png"),
+    ],
+)
+def test_command_line_bad_input_is_one_line_and_exit_2(tmp_path, fresh_cache, capsys, args, expected):
+    assert main(["film", "--run-dir", str(tmp_path / "run"), *args]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error:") and expected in error
+
+
+def test_batch_makes_every_film(tmp_path, fresh_cache):
+    films = [
+        {"keywords": ["red ball"], "clips": 1, "frames": 9, "steps": 2, "width": 128, "run_dir": str(tmp_path / "a")},
+        {"keywords": ["lighthouse"], "clips": 1, "frames": 9, "steps": 2, "width": 128, "run_dir": str(tmp_path / "b")},
+    ]
+    listing = tmp_path / "films.yaml"
+    listing.write_text(yaml.safe_dump(films))
+    assert batch(listing) == [tmp_path / "a" / "film.mp4", tmp_path / "b" / "film.mp4"]
+    assert all((tmp_path / name / "film.mp4").is_file() for name in "ab")
