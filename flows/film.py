@@ -9,11 +9,14 @@ clip k−1) on the engine kept loaded in the process; their tasks carry the tag 
 No `from __future__ import annotations` here: served runs must resolve the pydantic parameter types.
 """
 
+import base64
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
 
+from PIL import Image
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -232,6 +235,11 @@ def film(request: FilmRequest = FilmRequest()) -> Path:
     assemble_run(run.root, timings=timings)
     timings["assemble"] = time.perf_counter() - start
     create_markdown_artifact(
+        key="storyboard",
+        markdown=_storyboard_markdown(run.storyboard),
+        description="a frame of every clip with its prompt",
+    )
+    create_markdown_artifact(
         key="film-summary",
         markdown=_summary(request, run, timings, prompt_stream),
         description="where the film is and how long each stage took",
@@ -239,13 +247,22 @@ def film(request: FilmRequest = FilmRequest()) -> Path:
     return run.film
 
 
+def _storyboard_markdown(path: Path, width: int = 960) -> str:
+    """The storyboard inline (a JPEG data URL), so the UI shows it without serving the run folder."""
+    with Image.open(path) as board:
+        board = board.convert("RGB")
+        board.thumbnail((width, width * 8))
+        buffer = io.BytesIO()
+        board.save(buffer, format="JPEG", quality=85)
+    return f"![storyboard](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})\n\n`{path.resolve()}`"
+
+
 def _summary(request: FilmRequest, run: RunFolder, timings: dict[str, float], prompts: list[str]) -> str:
     rows = "\n".join(f"| {stage} | {seconds:.1f} s |" for stage, seconds in timings.items())
     beats = "\n".join(f"{k + 1}. {request.settings().prompt_for(k, prompts)}" for k in range(request.clips))
-    root = run.root.resolve()
     return (
         f"# {', '.join(request.keywords)}\n\n"
-        f"- film: `{root / 'film.mp4'}`\n- subtitles: `{root / 'film.srt'}`\n"
-        f"- storyboard: `{root / 'storyboard.png'}`\n- manifest: `{root / 'manifest.json'}`\n\n"
+        f"- film: `{run.film.resolve()}`\n- subtitles: `{run.subtitles.resolve()}`\n"
+        f"- storyboard: `{run.storyboard.resolve()}`\n- manifest: `{run.manifest.resolve()}`\n\n"
         f"| stage | time |\n|---|---|\n{rows}\n\n## Storyline\n{beats}\n"
     )

@@ -25,9 +25,6 @@ from .prompt_files import read_prompt_file
 from .run_folder import RunFolder
 from .video_files import FilmFrames, stitched_clips, write_film
 
-SUBTITLES = "film.srt"
-STORYBOARD = "storyboard.png"
-MANIFEST = "manifest.json"
 VERSIONED_PACKAGES = (
     "svi-film",
     "torch",
@@ -72,14 +69,14 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
             f"run `svi film --run-dir {run.root}` again to render them"
         )
     clip_prompts = [settings.prompt_for(k, prompts) for k in range(request.clips)]
-    previous = _previous_timings(run.root / MANIFEST) if timings is None else dict(timings)
+    previous = _previous_timings(run.manifest) if timings is None else dict(timings)
 
     film = FilmFrames(stitched_clips(settings, clip_paths))
     write_film(film.parts, run.film, request.fps)
-    write_text_atomic(run.root / SUBTITLES, subtitles(clip_prompts, film.spans, request.fps))
+    write_text_atomic(run.subtitles, subtitles(clip_prompts, film.spans, request.fps))
     height, width = film.part_frames(0).shape[1:3]
     storyboard = draw_storyboard(film, clip_prompts, request.fps)
-    with atomic_path(run.root / STORYBOARD) as tmp:
+    with atomic_path(run.storyboard) as tmp:
         storyboard.save(tmp, format="PNG")
 
     manifest = {
@@ -112,7 +109,7 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
         },
         "timings": {**previous, "assemble": time.perf_counter() - start},
     }
-    write_text_atomic(run.root / MANIFEST, json.dumps(manifest, indent=2))
+    write_text_atomic(run.manifest, json.dumps(manifest, indent=2))
     return run.film
 
 

@@ -56,6 +56,18 @@ class RunFolder:
     def film(self) -> Path:
         return self.root / "film.mp4"
 
+    @property
+    def subtitles(self) -> Path:
+        return self.root / "film.srt"
+
+    @property
+    def storyboard(self) -> Path:
+        return self.root / "storyboard.png"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
 
 def save_reference_png(frame: torch.Tensor, path: Path) -> None:
     """Store a uint8 `[H, W, 3]` frame losslessly, atomically."""

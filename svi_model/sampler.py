@@ -52,6 +52,39 @@ class ClipOutput:
     latents: torch.Tensor
 
 
+def mask_and_latents(latents: torch.Tensor) -> torch.Tensor:
+    """The transformer's 20 condition channels: the first-frame mask, then the condition latents.
+
+    `[16, T, h, w]` → `[20, T, h, w]`, or with a batch `[B, 16, T, h, w]` → `[B, 20, T, h, w]`. Inference and
+    error-recycling training both build the DiT's condition here.
+    """
+    mask = first_frame_mask(*latents.shape[-3:]).to(latents)
+    return torch.cat([mask.expand(*latents.shape[:-4], *mask.shape), latents], dim=-4)
+
+
+def predict_velocity(
+    transformer: torch.nn.Module,
+    model_input: torch.Tensor,
+    timestep: torch.Tensor,
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+) -> torch.Tensor:
+    """The DiT's predicted velocity `[B, 16, T, h, w]`, called the same way in sampling and in training.
+
+    Args:
+        transformer: a WanTransformer3DModel, or a wrapper of one (DDP, PEFT) that forwards its keywords.
+        model_input: `[B, 36, T, h, w]` = noisy latents, then `mask_and_latents` of the condition latents.
+        timestep: `[B]`, 1000·σ. text_embeds: `[B, 512, D]`. image_embeds: `[B, 257, 1280]` (real size).
+    """
+    return transformer(
+        hidden_states=model_input,
+        timestep=timestep,
+        encoder_hidden_states=text_embeds,
+        encoder_hidden_states_image=image_embeds,
+        return_dict=False,
+    )[0]
+
+
 class ClipSampler:
     """Renders one clip from a prompt, a seed and a `ClipCondition`.
 
@@ -70,6 +103,7 @@ class ClipSampler:
     def device(self) -> torch.device:
         return self.pipe._execution_device
 
+    @torch.no_grad()  # inference: no autograd graphs (and none kept alive by the embedding cache)
     def text_embeddings(self, prompt: str) -> torch.Tensor:
         """UMT5 embeddings `[1, 512, D]`, zero-padded past the prompt's tokens."""
         if prompt not in self._text_cache:
@@ -79,6 +113,7 @@ class ClipSampler:
             self._text_cache[prompt] = embeds
         return self._text_cache[prompt]
 
+    @torch.no_grad()
     def image_embeddings(self, frame: torch.Tensor) -> torch.Tensor:
         """CLIP ViT penultimate-layer tokens `[1, 257, 1280]` (real size) of a uint8 frame `[H, W, 3]`."""
         encoder = self.pipe.image_encoder
@@ -93,6 +128,7 @@ class ClipSampler:
         hidden = encoder(pixel_values=pixels.to(device, encoder.dtype), output_hidden_states=True).hidden_states
         return hidden[-2].to(self.device)
 
+    @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """VAE posterior mean of a `[3, F, H, W]` video in [-1, 1], normalised: float32 `[16, T, h, w]`."""
         vae = self.pipe.vae
@@ -101,6 +137,7 @@ class ClipSampler:
         latents = retrieve_latents(posterior, sample_mode="argmax")[0].float()
         return (latents - self._latents_mean.to(latents.device)) * self._latents_inv_std.to(latents.device)
 
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents `[16, T, h, w]` → video `[3, F, H, W]` in [-1, 1] (float32)."""
         vae = self.pipe.vae
@@ -109,6 +146,7 @@ class ClipSampler:
         raw = latents / self._latents_inv_std.to(latents) + self._latents_mean.to(latents)
         return vae.decode(raw[None], return_dict=False)[0][0].float()
 
+    @torch.no_grad()
     def denoise(
         self,
         condition: torch.Tensor,
@@ -154,18 +192,13 @@ class ClipSampler:
         self, model_input: torch.Tensor, t: torch.Tensor, text_embeds: torch.Tensor, image_embeds: torch.Tensor
     ) -> torch.Tensor:
         """The DiT's predicted velocity `[1, 16, T, h, w]` for one text condition."""
-        return self.pipe.transformer(
-            hidden_states=model_input,
-            timestep=t.expand(1),
-            encoder_hidden_states=text_embeds,
-            encoder_hidden_states_image=image_embeds,
-            return_dict=False,
-        )[0]
+        return predict_velocity(self.pipe.transformer, model_input, t.expand(1), text_embeds, image_embeds)
 
     def mask_and_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The transformer's 20 condition channels `[20, T, h, w]`: the first-frame mask, then the latents."""
-        return torch.cat([first_frame_mask(*latents.shape[1:]).to(latents), latents], dim=0)
+        return mask_and_latents(latents)
 
+    @torch.no_grad()
     def render(
         self,
         prompt: str,
