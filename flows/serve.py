@@ -9,6 +9,7 @@ from prefect.client.orchestration import get_client
 
 from .batch import batch
 from .film import film
+from .train import train_flow
 
 GPU_TAG = "gpu"
 
@@ -20,9 +21,10 @@ def ensure_gpu_limit(slots: int) -> None:
 
 
 def serve_flows(gpu_slots: int = 1) -> None:
-    """Serve `film` and `batch` until interrupted."""
+    """Serve `film`, `batch` and `train` until interrupted."""
     ensure_gpu_limit(gpu_slots)
     serve(
         film.to_deployment(name="svi-film", tags=["svi"]),
         batch.to_deployment(name="svi-batch", tags=["svi"]),
+        train_flow.to_deployment(name="svi-train", tags=["svi"]),
     )

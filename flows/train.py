@@ -126,6 +126,7 @@ def _summary(config: TrainConfig, result: TrainResult) -> str:
 
 def run_training(config: Path) -> Path:
     """`svi train --config train.yaml`: the `train` flow, or the bare trainer on every process of a launcher."""
+    checked = TrainConfig.from_yaml(config)  # bad config: one clear error before any server or flow starts
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return train(TrainConfig.from_yaml(config)).lora_file
+        return train(checked).lora_file
     return train_flow(config)

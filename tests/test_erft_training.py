@@ -23,6 +23,7 @@ from prefect.client.schemas.filters import ArtifactCollectionFilter
 from safetensors.torch import load_file
 from test_erft_data import synthetic_frames, write_mixkit_csv, write_video
 
+from flows.cli import main
 from svi_model.conditioning import condition_video
 from svi_model.erft.checkpoints import ADAPTER_FILE, CheckpointFolder, recycler_file
 from svi_model.erft.dataset import FILM, DatasetError
@@ -376,3 +377,19 @@ def test_documented_config_is_valid_and_means_the_released_recipe():
     paper = config.model_copy(update={"recipe": "paper"})
     assert paper.optimizer_learning_rate() == 2e-5 and paper.clip_settings().motion_probability == 0.95
     assert paper.recycling_settings().warmup_steps == 20
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (None, "cannot read the training config"),
+        ("model: m\ndata: {videos: v}\noutput_dir: o\nbogus: 1\n", "bogus"),
+    ],
+)
+def test_svi_train_bad_config_is_one_line_and_exit_2(tmp_path, capsys, config, expected):
+    path = tmp_path / "train.yaml"
+    if config is not None:
+        path.write_text(config)
+    assert main(["train", "--config", str(path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error:") and expected in error
