@@ -24,7 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-
 def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to render")
     what.add_argument("--mode", choices=["film", "shot", "tom", "pro"], default="film", help="SVI variant (preset)")
@@ -146,7 +145,13 @@ def _add_film_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", type=Path)
     parser.add_argument("--lora-scale", type=float)
     parser.add_argument("--device")
-    parser.add_argument("--source", help="bundled, bing, google, baidu, flickr, greedy, urls, folder")
+    parser.add_argument(
+        "--source", choices=["bundled", "bing", "google", "baidu", "flickr", "greedy", "urls", "folder"]
+    )
+    parser.add_argument("--site", help="--source greedy: the site to collect pictures from")
+    parser.add_argument("--urls", nargs="+", help="--source urls: picture addresses")
+    parser.add_argument("--image-folder", type=Path, help="--source folder: your pictures to choose from")
+    parser.add_argument("--license", help="bing: licence filter, e.g. commercial,modify")
     parser.add_argument("--storyline", dest="storyline_backend", choices=["template", "qwen", "openai"])
     parser.add_argument("--qwen-model", type=Path, help="local Qwen2.5-VL-3B/7B-Instruct folder")
     parser.add_argument("--openai-base-url")
@@ -165,6 +170,8 @@ def _film_request(args: argparse.Namespace):
     from pipeline.film_request import FilmRequest
 
     fields = {name: value for name, value in vars(args).items() if name in FilmRequest.model_fields}
+    if args.license:
+        fields["filters"] = {"license": args.license}
     return FilmRequest(**{name: value for name, value in fields.items() if value is not None})
 
 

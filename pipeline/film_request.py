@@ -42,6 +42,12 @@ class FilmRequest(BaseModel):
     lora_scale: float = Field(1.0, ge=0.0, le=2.0)
     device: str | None = Field(None, description="cuda, cuda:1 or cpu (default: the profile's)")
     source: Source | None = Field(None, description="where pictures come from (default: bundled / bing)")
+    site: str | None = Field(None, description="source greedy: the site to collect pictures from")
+    urls: list[str] = Field(default_factory=list, description="source urls: picture addresses")
+    image_folder: Path | None = Field(None, description="source folder: a folder of your pictures to choose from")
+    filters: dict[str, str] = Field(
+        default_factory=dict, description="search filters, e.g. {'license': 'commercial,modify'} (bing)"
+    )
     storyline_backend: Literal["template", "qwen", "openai"] | None = Field(None, description="default: profile's")
     qwen_model: Path | None = Field(None, description="local Qwen2.5-VL-3B/7B-Instruct folder")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
@@ -59,6 +65,11 @@ class FilmRequest(BaseModel):
     def _needs(self) -> "FilmRequest":
         if self.profile == "wan" and self.model is None:
             raise ValueError("profile 'wan' needs model: the local Wan2.1-I2V-14B-480P folder (see README)")
+        # The stages' own requests are checked now, so bad input fails before any flow run starts.
+        if not self.images:
+            self.retrieve_request()
+        if self.prompts_file is None:
+            self.storyline_request()
         return self
 
     def settings(self) -> FilmSettings:
@@ -86,7 +97,14 @@ class FilmRequest(BaseModel):
 
     def retrieve_request(self) -> RetrieveRequest:
         source = self.source or ("bundled" if self.profile == "demo" else "bing")
-        return RetrieveRequest(keywords=self.keywords, source=source)
+        return RetrieveRequest(
+            keywords=self.keywords,
+            source=source,
+            site=self.site,
+            urls=self.urls,
+            folder=self.image_folder,
+            filters=self.filters,
+        )
 
     def storyline_request(self) -> StorylineRequest:
         """The storyline backend: the request's, else the template (demo), an OpenAI server if given, else Qwen."""
