@@ -164,6 +164,8 @@ def _add_film_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int)
     parser.add_argument("--fps", type=float)
     parser.add_argument("--width", type=int, help="film width at most (default 416 demo, 832 wan)")
+    parser.add_argument("--chapters", type=int, help="chapters, each from its own picture (default 1)")
+    parser.add_argument("--crossfade", dest="crossfade_s", type=float, help="seconds chapters fade into each other")
 
 
 def _film_request(args: argparse.Namespace):
@@ -184,14 +186,15 @@ def _film(args: argparse.Namespace) -> None:
 def _prompts(args: argparse.Namespace) -> None:
     from flows.film import prompts
 
-    path = prompts(_film_request(args))
-    print(f"wrote {path}: edit it, then run `svi film` with the same --run-dir to render it")
+    for path in prompts(_film_request(args)):
+        print(f"wrote {path}")
+    print("edit the prompts, then run `svi film` with the same --run-dir to render them")
 
 
 def _assemble(args: argparse.Namespace) -> None:
-    from pipeline.assemble import assemble_run
+    from pipeline.assemble import assemble_film
 
-    print(f"wrote {assemble_run(args.run_dir)}")
+    print(f"wrote {assemble_film(args.run_dir)}")
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -36,6 +36,7 @@ from pipeline.run_folder import RunFolder, load_reference_png, load_state
 from pipeline.storyline import Storyline, StorylineRequest, save_storyline, write_storyline
 from pipeline.storyline_qwen import release_qwen
 from pipeline.synthesize import ClipStore, cache_root, clip_key, synthesize_clip
+from pipeline.video_files import join_chapters
 from svi_model.atomic_files import atomic_path, write_text_atomic
 from svi_model.recipes import FilmSettings
 from svi_model.tiny import save_tiny_model
@@ -55,7 +56,12 @@ def _digest(fields: dict) -> str:
 def _retrieve_key(context, parameters) -> str:
     request: RetrieveRequest = parameters["request"]
     return "retrieve-" + _digest(
-        {"stage": RETRIEVE_VERSION, "request": request.model_dump(mode="json"), "width": parameters["max_width"]}
+        {
+            "stage": RETRIEVE_VERSION,
+            "request": request.model_dump(mode="json"),
+            "width": parameters["max_width"],
+            "count": parameters["count"],
+        }
     )
 
 
@@ -79,12 +85,22 @@ def _worth_retrying(task, task_run, state) -> bool:
     persist_result=True,
     result_storage=RESULTS,
 )
-def retrieve(request: RetrieveRequest, run_dir: Path, max_width: int) -> dict:
-    """Pictures for the keywords, checked; the best one normalised. Returns its PNG bytes and the report."""
+def retrieve(request: RetrieveRequest, run_dir: Path, max_width: int, count: int) -> dict:
+    """Pictures for the keywords, checked; the `count` best normalised (one per chapter).
+
+    Returns their PNG bytes (so a cached result does not depend on files) and the retrieval report.
+    """
     report = retrieve_images(request, run_dir)
-    chosen = choose_references(report)[0]
-    normalise_reference(run_dir / "images" / chosen.name, RunFolder(run_dir).reference, max_width=max_width)
-    return {"png": RunFolder(run_dir).reference.read_bytes(), "report": report.model_dump(mode="json")}
+    pngs = []
+    for index, chosen in enumerate(choose_references(report, count)):
+        normalised = _retrieved_picture(RunFolder(run_dir), index)
+        normalise_reference(run_dir / "images" / chosen.name, normalised, max_width=max_width)
+        pngs.append(normalised.read_bytes())
+    return {"pngs": pngs, "report": report.model_dump(mode="json")}
+
+
+def _retrieved_picture(run: RunFolder, index: int) -> Path:
+    return run.images / f"reference-{index:02d}.png"
 
 
 # ---------------------------------------------------------------- storyline: reference.png → L prompts
@@ -166,30 +182,38 @@ def _start_run(request: FilmRequest) -> RunFolder:
     return run
 
 
-def _story(request: FilmRequest, run: RunFolder, timings: dict[str, float]) -> list[str]:
-    """Retrieve (or take) the reference picture and write (or take) the prompt stream; returns the prompts."""
-    log = get_run_logger()
-    start = time.perf_counter()
+def _pictures(request: FilmRequest, run: RunFolder, timings: dict[str, float]) -> list[Path]:
+    """One picture per chapter: the user's, or the best retrieved ones (normalised, in `images/`)."""
     if request.images:
-        normalise_reference(request.images[0], run.reference, max_width=request.max_width())
-    else:
-        found = retrieve(request.retrieve_request(), run.root, request.max_width())
-        with atomic_path(run.reference) as tmp:
-            tmp.write_bytes(found["png"])
-        rejected = [c for c in found["report"]["candidates"] if not c["accepted"]]
-        if rejected:
-            create_table_artifact(
-                key="rejected-images",
-                table=[{"source": c["source"], "reason": c["reason"]} for c in rejected],
-                description="pictures that were not used, and why",
-            )
+        return request.images
+    start = time.perf_counter()
+    found = retrieve(request.retrieve_request(), run.root, request.max_width(), request.chapter_count())
+    pictures = []
+    for index, png in enumerate(found["pngs"]):
+        with atomic_path(_retrieved_picture(run, index)) as tmp:
+            tmp.write_bytes(png)
+        pictures.append(_retrieved_picture(run, index))
+    rejected = [c for c in found["report"]["candidates"] if not c["accepted"]]
+    if rejected:
+        create_table_artifact(
+            key="rejected-images",
+            table=[{"source": c["source"], "reason": c["reason"]} for c in rejected],
+            description="pictures that were not used, and why",
+        )
     timings["retrieve"] = time.perf_counter() - start
+    return pictures
 
+
+def _story(request: FilmRequest, run: RunFolder, picture: Path, timings: dict[str, float]) -> list[str]:
+    """The reference frame from `picture`, and the prompt stream written for it (or taken); returns the prompts."""
+    normalise_reference(picture, run.reference, max_width=request.max_width())
     start = time.perf_counter()
     if request.prompts_file is not None:
         prompts = read_prompt_file(request.prompts_file)
     elif run.storyline.is_file():
-        log.info("using %s as it is (edit it to change the film; delete it to write a new one)", run.storyline)
+        get_run_logger().info(
+            "using %s as it is (edit it to change the film; delete it to write a new one)", run.storyline
+        )
         prompts = read_prompt_file(run.storyline)
     else:
         written = storyline(request.storyline_request(), run.reference)
@@ -199,28 +223,75 @@ def _story(request: FilmRequest, run: RunFolder, timings: dict[str, float]) -> l
     return prompts
 
 
+def _chapters(
+    request: FilmRequest, run: RunFolder, timings: dict[str, float]
+) -> list[tuple[FilmRequest, RunFolder, Path]]:
+    """(request, run folder, picture) of every chapter; a one-chapter film is its own chapter."""
+    pictures = _pictures(request, run, timings)
+    if len(pictures) == 1:
+        return [(request, run, pictures[0])]
+    chapters = []
+    for index, picture in enumerate(pictures):
+        chapter = request.chapter(index, picture)
+        chapters.append((chapter, _start_run(chapter), picture))
+    return chapters
+
+
 @flow(name="prompts", log_prints=True)
-def prompts(request: FilmRequest = FilmRequest()) -> Path:
-    """Only the storyline: retrieve the picture and write storyline.yaml (to edit before rendering)."""
+def prompts(request: FilmRequest = FilmRequest()) -> list[Path]:
+    """Only the storylines: retrieve the pictures and write storyline.yaml (per chapter), to edit before rendering."""
     run = _start_run(request)
-    _story(request, run, {})
-    return run.storyline
+    chapters = _chapters(request, run, {})
+    for chapter, chapter_run, picture in chapters:
+        _story(chapter, chapter_run, picture, {})
+    return [chapter_run.storyline for _, chapter_run, _ in chapters]
 
 
 @flow(name="film", log_prints=True)
 def film(request: FilmRequest = FilmRequest()) -> Path:
-    """Make one film; returns the path of film.mp4 in the run folder."""
+    """Make one film (its chapters joined with a crossfade); returns the path of film.mp4 in the run folder."""
     run = _start_run(request)
-    timings: dict[str, float] = {}
-    settings, engine = request.settings(), request.engine()
     if request.uses_random_weights():
         get_run_logger().warning("demo profile without a model: tiny RANDOM weights, the pictures will be noise")
-        demo_model(engine.model)
-    prompt_stream = _story(request, run, timings)
+        demo_model(request.engine().model)
+    timings: dict[str, float] = {}
+    chapters = _chapters(request, run, timings)
+    progress = _ClipProgress(total=request.clips * len(chapters))
+    for number, (chapter, chapter_run, picture) in enumerate(chapters, start=1):
+        label = "" if len(chapters) == 1 else f"-chapter-{number}"
+        _render_chapter(chapter, chapter_run, picture, dict(timings), progress, label)
+    if len(chapters) > 1:
+        join_chapters([chapter_run.film for _, chapter_run, _ in chapters], run.film, request.crossfade_s)
+        get_run_logger().info("joined %d chapters into %s", len(chapters), run.film)
+    return run.film
+
+
+class _ClipProgress:
+    """The `clips-done` progress artifact, over every clip of every chapter."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        self.artifact = create_progress_artifact(progress=0.0, key="clips-done", description=f"clips done of {total}")
+
+    def clip_done(self) -> None:
+        self.done += 1
+        update_progress_artifact(self.artifact, progress=100.0 * self.done / self.total)
+
+
+def _render_chapter(
+    request: FilmRequest,
+    run: RunFolder,
+    picture: Path,
+    timings: dict[str, float],
+    progress: _ClipProgress,
+    label: str,
+) -> None:
+    """Storyline, clips and assembly of one chapter (or of a whole one-chapter film) in `run`."""
+    settings, engine = request.settings(), request.engine()
+    prompt_stream = _story(request, run, picture, timings)
 
     start = time.perf_counter()
     store = ClipStore(cache_root() / "clips")
-    progress = create_progress_artifact(progress=0.0, key="clips-done", description=f"clips done of {request.clips}")
     for k in range(request.clips):
         key = _clip_key(run.root, k, settings, prompt_stream, engine, request.fps)
         # A cached result is only as good as the stored clip: without it, render again.
@@ -228,23 +299,22 @@ def film(request: FilmRequest = FilmRequest()) -> Path:
             run.root, k, settings, prompt_stream, engine, request.fps
         )
         store.materialise(result["key"], run, k)
-        update_progress_artifact(progress, progress=100.0 * (k + 1) / request.clips)
+        progress.clip_done()
     timings["synthesize"] = time.perf_counter() - start
 
     start = time.perf_counter()
     assemble_run(run.root, timings=timings)
     timings["assemble"] = time.perf_counter() - start
     create_markdown_artifact(
-        key="storyboard",
+        key=f"storyboard{label}",
         markdown=_storyboard_markdown(run.storyboard),
         description="a frame of every clip with its prompt",
     )
     create_markdown_artifact(
-        key="film-summary",
+        key=f"film-summary{label}",
         markdown=_summary(request, run, timings, prompt_stream),
         description="where the film is and how long each stage took",
     )
-    return run.film
 
 
 def _storyboard_markdown(path: Path, width: int = 960) -> str:

@@ -23,7 +23,7 @@ from .engines import EngineSpec, file_sha256
 from .film_request import FilmRequest
 from .prompt_files import read_prompt_file
 from .run_folder import RunFolder
-from .video_files import FilmFrames, stitched_clips, write_film
+from .video_files import FilmFrames, join_chapters, stitched_clips, write_film
 
 VERSIONED_PACKAGES = (
     "svi-film",
@@ -42,6 +42,15 @@ CAPTION_WIDTH = 200  # narrowest caption column, so tiny films still get readabl
 CAPTION_LINES = 8  # longer prompts are cut with "..." (the full text is in film.srt and manifest.json)
 MARGIN = 8
 FONT_SIZE = 13
+
+
+def assemble_film(run_dir: Path) -> Path:
+    """`assemble_run`; for a film in chapters, every chapter's, then the chapters joined with the crossfade."""
+    request = read_run_request(RunFolder(run_dir))
+    if request.chapter_count() == 1:
+        return assemble_run(run_dir)
+    films = [assemble_run(request.chapter_dir(index)) for index in range(request.chapter_count())]
+    return join_chapters(films, RunFolder(run_dir).film, request.crossfade_s)
 
 
 def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path:

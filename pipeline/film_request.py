@@ -60,6 +60,8 @@ class FilmRequest(BaseModel):
     frames: int | None = Field(None, description="frames per clip, 4k+1")
     fps: float = Field(16.0, gt=0)
     width: int | None = Field(None, ge=64, le=1920, description="film width at most (default 416 demo, 832 wan)")
+    chapters: int = Field(1, ge=1, le=50, description="chapters from the best pictures (with images: one per picture)")
+    crossfade_s: float = Field(1.0, ge=0.0, le=5.0, description="chapters fade into each other over this long")
 
     @model_validator(mode="after")
     def _needs(self) -> "FilmRequest":
@@ -71,6 +73,18 @@ class FilmRequest(BaseModel):
         if self.prompts_file is None:
             self.storyline_request()
         return self
+
+    def chapter_count(self) -> int:
+        """Chapters of the film: one per picture given, else `chapters` (each from its own retrieved picture)."""
+        return len(self.images) or self.chapters
+
+    def chapter_dir(self, index: int) -> Path:
+        """The run folder of chapter `index`: `chapters/NN` inside this film's."""
+        return self.run_dir / "chapters" / f"{index:02d}"
+
+    def chapter(self, index: int, picture: Path) -> "FilmRequest":
+        """Chapter `index` as a film of its own, from `picture`, in `chapter_dir(index)`."""
+        return self.model_copy(update={"images": [picture], "chapters": 1, "run_dir": self.chapter_dir(index)})
 
     def settings(self) -> FilmSettings:
         """The clip settings: the mode's preset, the profile's defaults, then the request's own values."""

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import imageio_ffmpeg
 import numpy as np
 import torch
@@ -160,14 +161,21 @@ def write_film(
     return len(frames)
 
 
+def _frame_count(path: Path) -> int:
+    """Frames in a video file, exactly (moviepy derives it from a duration rounded to 10 ms)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.frames or sum(1 for _ in container.decode(stream))
+
+
 def join_chapters(
     films: Sequence[Path], out: Path, crossfade_s: float = 1.0, preset: str = "medium", progress: bool = True
 ) -> Path:
     """Join chapter films into one, each fading into the next over `crossfade_s` seconds; returns `out`.
 
-    Chapters of different sizes are centred on black in a frame as large as the largest. The result has about
-    `sum(frames) − (chapters − 1)·crossfade_s·fps` frames (moviepy times chapters in float seconds) at the first
-    chapter's fps. Chapters are decoded from H.264, so each is encoded twice.
+    Chapters of different sizes are centred on black in a frame as large as the largest. The result has
+    `sum(frames) − (chapters − 1)·round(crossfade_s·fps)` frames at the first chapter's fps. Chapters are decoded
+    from H.264, so each is encoded twice.
     """
     if not films:
         raise ValueError("joining chapters needs at least one film")
@@ -179,9 +187,16 @@ def join_chapters(
                 f"the crossfade ({crossfade_s} s) must be positive and shorter than every chapter "
                 f"({shortest.filename} lasts {shortest.duration:.2f} s)"
             )
-        faded = [chapters[0], *(chapter.with_effects([vfx.CrossFadeIn(crossfade_s)]) for chapter in chapters[1:])]
-        joined = concatenate_videoclips(faded, method="compose", padding=-crossfade_s, bg_color=(0, 0, 0))
-        _write_h264(joined, out, chapters[0].fps, preset, progress)
+        # Whole frames throughout: each chapter lasts exactly its frames, the overlap is a whole number of frames,
+        # and the joined film's length is set to the frame count so float rounding cannot drop its last frame.
+        fps = chapters[0].fps
+        overlap = round(crossfade_s * fps)
+        counts = [_frame_count(film) for film in films]
+        timed = [chapter.with_duration(count / fps) for chapter, count in zip(chapters, counts, strict=True)]
+        faded = [timed[0], *(chapter.with_effects([vfx.CrossFadeIn(overlap / fps)]) for chapter in timed[1:])]
+        joined = concatenate_videoclips(faded, method="compose", padding=-overlap / fps, bg_color=(0, 0, 0))
+        frames = sum(counts) - (len(chapters) - 1) * overlap
+        _write_h264(joined.with_duration((frames + 0.5) / fps), out, fps, preset, progress)
     finally:
         for chapter in chapters:
             chapter.close()

@@ -55,8 +55,8 @@ def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def request_for(run_dir, clips=5, **fields) -> FilmRequest:
-    return FilmRequest(keywords=["red ball"], clips=clips, frames=9, steps=2, width=128, run_dir=run_dir, **fields)
+def request_for(run_dir, clips=5, keywords=("red ball",), **fields) -> FilmRequest:
+    return FilmRequest(keywords=list(keywords), clips=clips, frames=9, steps=2, width=128, run_dir=run_dir, **fields)
 
 
 def film_frames(run_dir) -> list[np.ndarray]:
@@ -168,3 +168,21 @@ def test_batch_makes_every_film(tmp_path, fresh_cache):
     listing.write_text(yaml.safe_dump(films))
     assert batch(listing) == [tmp_path / "a" / "film.mp4", tmp_path / "b" / "film.mp4"]
     assert all((tmp_path / name / "film.mp4").is_file() for name in "ab")
+
+
+def test_two_chapters_from_the_two_best_pictures_joined_with_a_crossfade(tmp_path, fresh_cache, rendered):
+    request = request_for(tmp_path / "run", clips=1, keywords=["red ball", "lighthouse"], chapters=2, crossfade_s=0.25)
+    path = film(request)
+
+    assert rendered == [0, 0]
+    chapters = [RunFolder(request.chapter_dir(index)) for index in range(2)]
+    assert all(chapter.film.is_file() and chapter.storyboard.is_file() for chapter in chapters)
+    references = [read_clip(chapter.clip(0))[0].numpy() for chapter in chapters]
+    assert not np.array_equal(*references), "each chapter starts from its own picture"
+    frames = [len(read_clip(chapter.clip(0))) for chapter in chapters]
+    joined = len(read_clip(path))
+    assert sum(frames) - joined == round(0.25 * request.fps), "the chapters overlap by the crossfade"
+
+    path.unlink()
+    assert main(["assemble", "--run-dir", str(request.run_dir)]) == 0
+    assert len(read_clip(path)) == joined
