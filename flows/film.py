@@ -25,6 +25,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.tasks import exponential_backoff
+from tqdm.auto import tqdm
 
 from pipeline.assemble import assemble_run
 from pipeline.engines import EngineSpec, file_sha256
@@ -158,8 +159,9 @@ def _clip_key(run_dir: Path, k: int, settings: FilmSettings, prompts: list[str],
 def render_clip(
     run_dir: Path, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float
 ) -> dict:
-    """Clip k into the run folder (from the clip store when it was made before)."""
-    result = synthesize_clip(RunFolder(run_dir), k, settings, prompts, engine, fps)
+    """Clip k into the run folder (from the clip store when it was made before), with a bar over its steps."""
+    with tqdm(total=settings.steps, desc=f"clip {k}", unit="step", leave=False) as bar:
+        result = synthesize_clip(RunFolder(run_dir), k, settings, prompts, engine, fps, on_step=lambda *_: bar.update())
     get_run_logger().info("clip %d %s (key %s…)", k, "reused" if result.reused else "rendered", result.key[:12])
     return {"k": k, "key": result.key, "reused": result.reused}
 
