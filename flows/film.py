@@ -10,7 +10,6 @@ No `from __future__ import annotations` here: served runs must resolve the pydan
 """
 
 import base64
-import hashlib
 import io
 import json
 import time
@@ -27,6 +26,7 @@ from prefect.artifacts import (
 from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
+from flows.task_results import RESULTS, content_digest
 from pipeline.assemble import assemble_run
 from pipeline.engines import EngineSpec, file_sha256
 from pipeline.film_request import FilmRequest
@@ -44,11 +44,6 @@ from svi_model.tiny import save_tiny_model
 
 RETRIEVE_VERSION = "retrieve-1"
 STORYLINE_VERSION = "storyline-1"
-RESULTS = cache_root() / "prefect-results"
-
-
-def _digest(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- retrieve: keywords or pictures → reference.png
@@ -56,7 +51,7 @@ def _digest(fields: dict) -> str:
 
 def _retrieve_key(context, parameters) -> str:
     request: RetrieveRequest = parameters["request"]
-    return "retrieve-" + _digest(
+    return "retrieve-" + content_digest(
         {
             "stage": RETRIEVE_VERSION,
             "request": request.model_dump(mode="json"),
@@ -109,7 +104,7 @@ def _retrieved_picture(run: RunFolder, index: int) -> Path:
 
 def _storyline_key(context, parameters) -> str:
     request: StorylineRequest = parameters["request"]
-    return "storyline-" + _digest(
+    return "storyline-" + content_digest(
         {
             "stage": STORYLINE_VERSION,
             "request": request.model_dump(mode="json"),

@@ -14,7 +14,6 @@ No `from __future__ import annotations` here: served runs must resolve the pydan
 """
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -26,14 +25,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from flows.task_results import RESULTS, content_digest
 from pipeline.engines import folder_fingerprint
-from pipeline.synthesize import cache_root
 from svi_model.erft.train_config import TrainConfig
 from svi_model.erft.trainer import StepReport, TrainResult, train
 from svi_model.erft.training_data import prepare_latent_cache
 
 LATENT_CACHE_VERSION = "latent-cache-1"
-RESULTS = cache_root() / "prefect-results"
 LOSS_ROWS = 200  # the loss table artifact shows at most this many steps, evenly spread
 
 
@@ -60,7 +58,7 @@ def _latent_cache_key(context, parameters) -> str:
         "seed": config.seed,
         "precision": config.mixed_precision,
     }
-    return "latent-cache-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return "latent-cache-" + content_digest(fields)
 
 
 @task(name="latent-cache", tags=["gpu"], cache_key_fn=_latent_cache_key, persist_result=True, result_storage=RESULTS)

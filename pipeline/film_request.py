@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from svi_model.recipes import FilmSettings, preset
 
 from .engines import EngineSpec
+from .keywords import Keywords
 from .retrieve import RetrieveRequest, Source
 from .storyline import StorylineRequest
 from .synthesize import cache_root
@@ -30,7 +31,7 @@ class FilmRequest(BaseModel):
 
     model_config = ConfigDict(protected_namespaces=())
 
-    keywords: list[str] = Field(default_factory=lambda: ["red ball"], description="what the film is about")
+    keywords: Keywords = Field(default_factory=lambda: ["red ball"], description="what the film is about")
     images: list[Path] = Field(default_factory=list, description="your own pictures (skip retrieval)")
     prompts_file: Path | None = Field(None, description="your own prompt stream (skip the storyline)")
     clips: int = Field(3, ge=1, le=1000, description="clips of ~5 s each; one prompt per clip")

@@ -24,6 +24,7 @@ from svi_model.atomic_files import write_text_atomic
 from .bundled_images import match_library
 from .crawl import check_search_filters, crawl_candidates
 from .image_checks import format_suffix, hash_distance, inspect_image
+from .keywords import Keywords
 from .reference import FILM_SIZE
 
 Source = Literal["bundled", "bing", "google", "baidu", "flickr", "greedy", "urls", "folder"]
@@ -43,7 +44,7 @@ class RetrievalError(ValueError):
 class RetrieveRequest(BaseModel):
     """Where to look for pictures for `keywords`, and what a usable picture is."""
 
-    keywords: list[str] = Field(min_length=1, description="what the film is about, e.g. ['red ball', 'meadow']")
+    keywords: Keywords = Field(min_length=1, description="what the film is about, e.g. ['red ball', 'meadow']")
     source: Source = "bundled"
     site: HttpUrl | None = Field(None, description="source='greedy': the site to collect images from")
     urls: list[HttpUrl] = Field(default_factory=list, description="source='urls': image addresses")
@@ -66,14 +67,6 @@ class RetrieveRequest(BaseModel):
     request_timeout_s: float = Field(10.0, gt=0, description="per HTTP request")
     queue_timeout_s: float = Field(2.0, gt=0, description="how long icrawler's threads wait for work before ending")
     crawl_timeout_s: float = Field(120.0, gt=0, description="the whole crawl")
-
-    @field_validator("keywords")
-    @classmethod
-    def _keywords_have_words(cls, keywords: list[str]) -> list[str]:
-        keywords = [keyword.strip() for keyword in keywords]
-        if not all(keywords):
-            raise ValueError("a keyword is empty: give words that describe the film, e.g. ['red ball', 'meadow']")
-        return keywords
 
     @field_validator("formats")
     @classmethod

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from svi_model.atomic_files import write_text_atomic
 
+from .keywords import Keywords
 from .storyline_replies import JSON_SHAPE, ReplyError, checked_prompts, prompts_from_reply
 from .storyline_template import template_prompts
 
@@ -55,7 +56,7 @@ class StorylineRequest(BaseModel):
 
     backend: Literal["template", "qwen", "openai"] = Field("template", description="template: offline demo default")
     clips: int = Field(3, ge=1, le=1000, description="L: prompts to write, one per ~5 s clip")
-    keywords: list[str] = Field(default_factory=list, description="what the film is about")
+    keywords: Keywords = Field(default_factory=list, description="what the film is about")
     style: str | None = Field(None, description="e.g. 'cinematic, golden hour'")
     genre: str | None = Field(None, description="e.g. 'nature documentary'")
     qwen_model: Path | None = Field(None, description="qwen: local Qwen2.5-VL-3B/7B-Instruct folder")
@@ -73,14 +74,6 @@ class StorylineRequest(BaseModel):
     attempts: int = Field(3, ge=1, le=20, description="times the model is asked: the first ask and the re-asks")
     min_prompt_chars: int = Field(40, ge=1, description="shortest prompt accepted, in characters")
     max_prompt_chars: int = Field(1000, ge=1, description="longest prompt accepted, in characters")
-
-    @field_validator("keywords")
-    @classmethod
-    def _keywords_have_words(cls, keywords: list[str]) -> list[str]:
-        keywords = [keyword.strip() for keyword in keywords]
-        if not all(keywords):
-            raise ValueError("a keyword is empty: give words that describe the film, e.g. ['red ball', 'meadow']")
-        return keywords
 
     @model_validator(mode="after")
     def _backend_has_what_it_needs(self) -> "StorylineRequest":

@@ -1,0 +1,14 @@
+"""Where the flows' tasks keep their results, and the content digests their cache keys are made of."""
+
+import hashlib
+import json
+
+from pipeline.synthesize import cache_root
+
+# Persisted next to the clip store, so a retried or repeated run finds what an earlier one made.
+RESULTS = cache_root() / "prefect-results"
+
+
+def content_digest(fields: dict) -> str:
+    """SHA-256 of JSON-able `fields` (sorted keys; other values by their `str`)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
