@@ -12,6 +12,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
 from prefect.states import AwaitingRetry
+from prefect.utilities.callables import parameter_schema
 
 from flows.batch import batch
 from flows.cli import main
@@ -186,3 +187,12 @@ def test_two_chapters_from_the_two_best_pictures_joined_with_a_crossfade(tmp_pat
     path.unlink()
     assert main(["assemble", "--run-dir", str(request.run_dir)]) == 0
     assert len(read_clip(path)) == joined
+
+
+def test_served_film_deployment_has_the_request_form():
+    """`svi serve` publishes these deployments; the UI builds the run form from the parameter schema."""
+    assert film.to_deployment(name="svi-film").name == "svi-film"
+    schema = parameter_schema(film).model_dump()
+    request = schema["definitions"]["FilmRequest"]["properties"]
+    assert {"keywords", "clips", "mode", "profile", "run_dir", "model", "lora", "storyline_backend"} <= set(request)
+    assert request["clips"]["description"].startswith("clips of ~5 s")
