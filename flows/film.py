@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from flows.task_results import RESULTS, content_digest
 from pipeline.assemble import assemble_run
-from pipeline.engines import EngineSpec, file_sha256
+from pipeline.engines import EngineSpec
+from pipeline.file_hashes import file_sha256
 from pipeline.film_request import FilmRequest
 from pipeline.prompt_files import read_prompt_file
 from pipeline.reference import normalise_reference
@@ -42,7 +43,7 @@ from svi_model.atomic_files import atomic_path, write_text_atomic
 from svi_model.recipes import FilmSettings
 from svi_model.tiny import save_tiny_model
 
-RETRIEVE_VERSION = "retrieve-1"
+RETRIEVE_VERSION = "retrieve-2"
 STORYLINE_VERSION = "storyline-1"
 
 

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from svi_model.atomic_files import atomic_path, write_text_atomic
 
-from .engines import EngineSpec, file_sha256
+from .engines import EngineSpec
+from .file_hashes import file_sha256
 from .film_request import FilmRequest
 from .prompt_files import read_prompt_file
 from .run_folder import RunFolder

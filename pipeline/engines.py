@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict
 
 from svi_model.sampler import ClipSampler
 
+from .file_hashes import file_sha256
+
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -50,23 +52,6 @@ class EngineSpec(BaseModel):
             "dtype": str(self.torch_dtype),
             "vae_tiling": self.vae_tiling,
         }
-
-
-_hash_cache: dict[tuple, str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 8 MB chunks and remembered per (path, size, mtime): LoRAs are 2.5 GB."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(8 << 20):
-                digest.update(chunk)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
 
 
 def folder_fingerprint(folder: Path) -> str:

@@ -8,13 +8,14 @@ at another size. `inspect_image` measures one file and says why it is unusable; 
 Measurements are taken after the EXIF orientation is applied, so width and height are what a viewer shows.
 """
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .file_hashes import file_sha256
 
 # PIL reports camera JPEGs carrying extra pictures (multi-picture format) as "MPO"; they are JPEGs to a user.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
@@ -33,15 +34,6 @@ class ImageFacts:
     format: str | None = None
     phash: str | None = None
     reason: str | None = None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def perceptual_hash(image: Image.Image, size: int = 8) -> str:
