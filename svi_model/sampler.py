@@ -6,6 +6,7 @@ chaining, CLIP tokens of a motion frame), so the denoising loop is ours; it mirr
 which `tests/test_parity.py` checks against diffusers' own pipeline.
 """
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ SVI_NEGATIVE_PROMPT = (
     "background, three legs, many people in the background, walking backwards"
 )
 # diffusers' attention splits image tokens from text tokens by this hard-coded text length.
+TEXT_CACHE_SIZE = 64  # prompts whose embeddings stay cached
 TEXT_TOKENS = 512
 # OpenAI CLIP normalisation, used when the model folder's image processor does not say otherwise.
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -88,13 +90,14 @@ def predict_velocity(
 class ClipSampler:
     """Renders one clip from a prompt, a seed and a `ClipCondition`.
 
-    Text embeddings are cached per prompt (a stream repeats prompts; the negative prompt never changes).
+    Text embeddings are cached per prompt (a stream repeats prompts; the negative prompt never changes), the
+    `TEXT_CACHE_SIZE` most recently used ones (4 MB each on the GPU at real size).
     """
 
     def __init__(self, pipe: WanImageToVideoPipeline, negative_prompt: str = SVI_NEGATIVE_PROMPT):
         self.pipe = pipe
         self.negative_prompt = negative_prompt
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         vae = pipe.vae.config
         self._latents_mean = torch.tensor(vae.latents_mean).view(vae.z_dim, 1, 1, 1)
         self._latents_inv_std = 1.0 / torch.tensor(vae.latents_std).view(vae.z_dim, 1, 1, 1)
@@ -106,12 +109,16 @@ class ClipSampler:
     @torch.no_grad()  # inference: no autograd graphs (and none kept alive by the embedding cache)
     def text_embeddings(self, prompt: str) -> torch.Tensor:
         """UMT5 embeddings `[1, 512, D]`, zero-padded past the prompt's tokens."""
-        if prompt not in self._text_cache:
-            embeds, _ = self.pipe.encode_prompt(
-                prompt, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS, device=self.device
-            )
-            self._text_cache[prompt] = embeds
-        return self._text_cache[prompt]
+        if prompt in self._text_cache:
+            self._text_cache.move_to_end(prompt)
+            return self._text_cache[prompt]
+        embeds, _ = self.pipe.encode_prompt(
+            prompt, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS, device=self.device
+        )
+        self._text_cache[prompt] = embeds
+        if len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return embeds
 
     @torch.no_grad()
     def image_embeddings(self, frame: torch.Tensor) -> torch.Tensor:

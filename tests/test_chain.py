@@ -149,3 +149,15 @@ def test_bad_settings(fields, message):
 def test_unknown_mode():
     with pytest.raises(ValueError, match="unknown mode 'blockbuster'"):
         preset("blockbuster")
+
+
+def test_text_embeddings_are_cached_for_the_most_recent_prompts_only(sampler, monkeypatch):
+    from svi_model import sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "TEXT_CACHE_SIZE", 2)
+    monkeypatch.setattr(sampler, "_text_cache", type(sampler._text_cache)())
+    first = sampler.text_embeddings("a red ball")
+    sampler.text_embeddings("a blue ball")
+    assert sampler.text_embeddings("a red ball") is first  # used again: now the most recent
+    sampler.text_embeddings("a green ball")
+    assert list(sampler._text_cache) == ["a red ball", "a green ball"]
