@@ -10,6 +10,7 @@
     svi serve                 # the flows as deployments: start runs and Retry failed ones from the UI
     svi batch films.yaml      # several films
     svi train --config train.yaml   # Error-Recycling Fine-Tuning of an SVI LoRA (docs/train.yaml)
+    svi cache [--clear]       # what $SVI_CACHE_DIR holds; free it (run folders keep their films and clips)
 
 Bad input ends with one `error:` line that names the input and what to do, and exit code 2.
 """
@@ -220,6 +221,17 @@ def _train(args: argparse.Namespace) -> None:
     print(f"wrote {run_training(args.config)}")
 
 
+def _cache(args: argparse.Namespace) -> None:
+    from pipeline.cache_usage import cache_usage, clear_cache
+
+    if args.clear:
+        for part in clear_cache():
+            print(f"deleted {part.what}: {part.files} files, {part.bytes / 1e6:.1f} MB ({part.path})")
+        return
+    for part in cache_usage():
+        print(f"{part.what:22} {part.files:6d} files {part.bytes / 1e6:10.1f} MB  {part.path}")
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (reported in one line), as opposed to bugs (reported with a traceback)."""
     from pydantic import ValidationError
@@ -266,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = commands.add_parser("batch", help="make every film listed in a YAML file")
     batch.add_argument("file", type=Path)
     batch.set_defaults(run=_batch)
+    cache = commands.add_parser("cache", help="what $SVI_CACHE_DIR holds (stored clips, task results); --clear")
+    cache.add_argument("--clear", action="store_true", help="delete stored clips and task results (films are kept)")
+    cache.set_defaults(run=_cache)
     train = commands.add_parser("train", help="Error-Recycling Fine-Tuning: make an SVI LoRA (see docs/train.yaml)")
     train.add_argument("--config", type=Path, required=True, help="train.yaml")
     train.set_defaults(run=_train)

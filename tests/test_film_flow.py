@@ -196,3 +196,19 @@ def test_served_film_deployment_has_the_request_form():
     request = schema["definitions"]["FilmRequest"]["properties"]
     assert {"keywords", "clips", "mode", "profile", "run_dir", "model", "lora", "storyline_backend"} <= set(request)
     assert request["clips"]["description"].startswith("clips of ~5 s")
+
+
+def test_clearing_the_cache_keeps_the_film_and_the_next_run_renders_again(tmp_path, fresh_cache, rendered, capsys):
+    request = request_for(tmp_path / "run", clips=1)
+    film(request)
+    assert main(["cache"]) == 0
+    assert "stored clips" in capsys.readouterr().out
+
+    assert main(["cache", "--clear"]) == 0
+    assert "deleted stored clips: 2 files" in capsys.readouterr().out
+    run = RunFolder(request.run_dir)
+    assert run.film.is_file() and run.clip(0).is_file()
+
+    rendered.clear()
+    film(request)
+    assert rendered == [0]
