@@ -165,6 +165,7 @@ def _add_film_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int)
     parser.add_argument("--fps", type=float)
     parser.add_argument("--width", type=int, help="film width at most (default 416 demo, 832 wan)")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="RUN_DIR holds another film: delete it")
     parser.add_argument("--chapters", type=int, help="chapters, each from its own picture (default 1)")
     parser.add_argument("--crossfade", dest="crossfade_s", type=float, help="seconds chapters fade into each other")
 

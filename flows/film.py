@@ -27,14 +27,14 @@ from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
 from flows.task_results import RESULTS, content_digest
-from pipeline.assemble import assemble_run
+from pipeline.assemble import assemble_run, read_run_request
 from pipeline.engines import EngineSpec
 from pipeline.file_hashes import file_sha256
 from pipeline.film_request import FilmRequest
 from pipeline.prompt_files import read_prompt_file
 from pipeline.reference import normalise_reference
 from pipeline.retrieve import RetrieveRequest, choose_references, retrieve_images
-from pipeline.run_folder import RunFolder, load_reference_png, load_state
+from pipeline.run_folder import RunFolder, clear_run, load_reference_png, load_state
 from pipeline.storyline import Storyline, StorylineRequest, save_storyline, write_storyline
 from pipeline.storyline_qwen import release_qwen
 from pipeline.synthesize import ClipStore, cache_root, clip_key, synthesize_clip
@@ -173,8 +173,22 @@ def demo_model(folder: Path) -> Path:
 # ---------------------------------------------------------------- the flow
 
 
+class OtherFilmInRunFolder(ValueError):
+    """The run folder holds a different film; nothing in it was touched."""
+
+
 def _start_run(request: FilmRequest) -> RunFolder:
+    """The run folder with this request stored; a folder holding another film is refused unless `overwrite`."""
     run = RunFolder(request.run_dir)
+    changed = request.changes_from(read_run_request(run)) if run.request.is_file() else []
+    if changed and not request.overwrite:
+        raise OtherFilmInRunFolder(
+            f"{run.root} holds another film (different {', '.join(changed)}): choose another --run-dir, "
+            "or pass --overwrite to delete it and start afresh"
+        )
+    if changed:
+        get_run_logger().warning("overwrite: deleting the film in %s (different %s)", run.root, ", ".join(changed))
+        clear_run(run)
     run.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.request, json.dumps(request.model_dump(mode="json"), indent=2))
     return run
@@ -217,6 +231,13 @@ def _story(request: FilmRequest, run: RunFolder, picture: Path, timings: dict[st
         written = storyline(request.storyline_request(), run.reference)
         save_storyline(written, run.storyline)
         prompts = written.prompts
+    if len(prompts) < request.clips and request.settings().prompt_mode == "stream":
+        get_run_logger().warning(
+            "%d prompts for %d clips: the stream starts over (delete %s to write one for every clip)",
+            len(prompts),
+            request.clips,
+            run.storyline,
+        )
     timings["storyline"] = time.perf_counter() - start
     return prompts
 

@@ -20,6 +20,7 @@ from svi_model.recipes import FilmSettings, preset
 from .engines import EngineSpec
 from .keywords import Keywords
 from .retrieve import RetrieveRequest, Source
+from .run_folder import RunFolder
 from .storyline import StorylineRequest
 from .synthesize import cache_root
 
@@ -60,6 +61,7 @@ class FilmRequest(BaseModel):
     seed: int = Field(42, ge=0, description="clip k uses seed·k")
     frames: int | None = Field(None, description="frames per clip, 4k+1")
     fps: float = Field(16.0, gt=0)
+    overwrite: bool = Field(False, description="run_dir holds another film: delete it and start afresh")
     width: int | None = Field(None, ge=64, le=1920, description="film width at most (default 416 demo, 832 wan)")
     chapters: int = Field(1, ge=1, le=50, description="chapters from the best pictures (with images: one per picture)")
     crossfade_s: float = Field(1.0, ge=0.0, le=5.0, description="chapters fade into each other over this long")
@@ -81,7 +83,13 @@ class FilmRequest(BaseModel):
 
     def chapter_dir(self, index: int) -> Path:
         """The run folder of chapter `index`: `chapters/NN` inside this film's."""
-        return self.run_dir / "chapters" / f"{index:02d}"
+        return RunFolder(self.run_dir).chapter(index).root
+
+    def changes_from(self, stored: "FilmRequest") -> list[str]:
+        """The fields in which this request makes another film than `stored` (more or fewer clips do not)."""
+        ignored = {"clips", "overwrite"}
+        mine, theirs = self.model_dump(mode="json"), stored.model_dump(mode="json")
+        return [name for name in mine if name not in ignored and mine[name] != theirs.get(name)]
 
     def chapter(self, index: int, picture: Path) -> "FilmRequest":
         """Chapter `index` as a film of its own, from `picture`, in `chapter_dir(index)`."""

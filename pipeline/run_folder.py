@@ -8,8 +8,10 @@ runs/<name>/
   clips/clip_0007.mkv   clip 7, lossless (FFV1)
   clips/clip_0007.state.safetensors   what clip 8 needs (tail frames or last latent)
   film.mp4 film.srt storyboard.png manifest.json
+  chapters/00/ …        a film in chapters: each chapter is a run folder of its own
 """
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,14 @@ class RunFolder:
         return self.root / "film.mp4"
 
     @property
+    def chapters(self) -> Path:
+        return self.root / "chapters"
+
+    def chapter(self, index: int) -> "RunFolder":
+        """The run folder of chapter `index` of a film in chapters."""
+        return RunFolder(self.chapters / f"{index:02d}")
+
+    @property
     def subtitles(self) -> Path:
         return self.root / "film.srt"
 
@@ -67,6 +77,14 @@ class RunFolder:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
+
+
+def clear_run(run: RunFolder) -> None:
+    """Delete everything a film made in `run` (its request stays until the new one replaces it)."""
+    for folder in (run.images, run.clips, run.chapters):
+        shutil.rmtree(folder, ignore_errors=True)
+    for path in (run.reference, run.storyline, run.film, run.subtitles, run.storyboard, run.manifest):
+        path.unlink(missing_ok=True)
 
 
 def save_reference_png(frame: torch.Tensor, path: Path) -> None:

@@ -212,3 +212,25 @@ def test_clearing_the_cache_keeps_the_film_and_the_next_run_renders_again(tmp_pa
     rendered.clear()
     film(request)
     assert rendered == [0]
+
+
+def test_a_run_folder_holding_another_film_is_refused_untouched_unless_overwrite(tmp_path, fresh_cache, capsys):
+    run = RunFolder(tmp_path / "run")
+    common = [*SMALL, "--run-dir", str(run.root)]
+    assert main(["film", "--keywords", "red ball", *common]) == 0
+    before = {path: path.read_bytes() for path in run.root.rglob("*") if path.is_file()}
+
+    assert main(["film", "--keywords", "lighthouse", *common]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "holds another film (different keywords)" in error and "--overwrite" in error
+    assert {path: path.read_bytes() for path in run.root.rglob("*") if path.is_file()} == before
+
+    assert main(["film", "--keywords", "lighthouse", "--overwrite", *common]) == 0
+    assert "lighthouse" in run.storyline.read_text().lower()
+
+
+def test_more_clips_in_the_same_run_folder_extend_the_film(tmp_path, fresh_cache, rendered):
+    film(request_for(tmp_path / "run", clips=2))
+    rendered.clear()
+    film(request_for(tmp_path / "run", clips=3))
+    assert rendered == [2]
