@@ -81,17 +81,31 @@ def test_full_grid_replaces_the_most_similar_error_and_keeps_its_cap():
     assert torch.equal(rows, torch.stack([stored[0], close_to_second, stored[2]]))
 
 
-def test_batched_distance_search_agrees_with_one_by_one_l2(monkeypatch):
-    monkeypatch.setattr("svi_model.erft.error_bank.DISTANCE_CHUNK_BYTES", 3 * 24 * 4)  # 3 rows per chunk
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_distance_search_agrees_with_one_by_one_l2(monkeypatch, dtype):
+    monkeypatch.setattr("svi_model.erft.error_bank.REFINED_CANDIDATES", 3)  # rank fast, then measure 3 of 10
     generator = torch.Generator().manual_seed(1)
-    bank = ErrorBank("test", num_grids=1, per_grid=10, error_shape=(2, 12), dtype=torch.float32)
+    bank = ErrorBank("test", num_grids=1, per_grid=10, error_shape=(2, 12), dtype=dtype)
     for _ in range(10):
         bank.store(torch.randn(2, 12, generator=generator), 0)
-    for _ in range(20):
+    for _ in range(50):
         error = torch.randn(2, 12, generator=generator)
-        rows = bank.state_dict()["errors.0"]
-        nearest = min(range(10), key=lambda row: float(torch.dist(rows[row], error)))
+        rows = bank.state_dict()["errors.0"].float()
+        stored_error = error.to(dtype).float()  # compared as stored, after the cast
+        nearest = min(range(10), key=lambda row: float(torch.dist(rows[row], stored_error)))
         assert bank.store(error, 0) == nearest
+
+
+def test_distances_stay_right_after_a_checkpoint_round_trip():
+    generator = torch.Generator().manual_seed(2)
+    bank = ErrorBank("test", num_grids=1, per_grid=4, error_shape=(8,), dtype=torch.float32)
+    for _ in range(4):
+        bank.store(torch.randn(8, generator=generator), 0)
+    restored = ErrorBank("test", num_grids=1, per_grid=4, error_shape=(8,), dtype=torch.float32)
+    restored.load_state_dict(bank.state_dict())
+    for _ in range(10):
+        error = torch.randn(8, generator=generator)
+        assert restored.store(error, 0) == bank.store(error, 0)
 
 
 def test_draw_is_uniform_within_a_grid_and_over_all_stored_errors():
