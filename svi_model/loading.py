@@ -289,6 +289,30 @@ def _pretrained(loader, root: Path, name: str, **kwargs):
 # ---- the pipeline ---------------------------------------------------------------------------------------------------
 
 
+def load_wan_transformer(folder: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> WanTransformer3DModel:
+    """Only the DiT of the Wan2.1-I2V model in `folder` (either layout), in eval mode, on the CPU.
+
+    What training from a latent cache needs: the encoders (UMT5-XXL alone is 11 GB) are neither checked nor read.
+    Raises ModelFolderError, listing what the DiT lacks, before anything heavy is read.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist (or is not a folder). {NOTHING_DOWNLOADED}")
+    original = _is_original_layout(folder)
+    if original:
+        index = folder / ORIGINAL_DIT_INDEX
+        missing = _missing_shards(index) if index.is_file() else [f"{index} (the DiT's shard index)"]
+    elif (folder / "transformer").is_dir():
+        missing = _missing_in_part(folder / "transformer", "the DiT")
+    else:
+        raise _not_a_model_folder(folder)
+    if missing:
+        raise ModelFolderError(f"the DiT in {folder} is incomplete. Missing: {_listed(missing)}. {NOTHING_DOWNLOADED}")
+    if original:
+        return _original_transformer(folder, dtype).eval()
+    return _pretrained(WanTransformer3DModel, folder, "transformer", torch_dtype=dtype).eval()
+
+
 def load_wan_pipeline(
     folder: str | os.PathLike,
     *,

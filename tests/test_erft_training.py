@@ -33,7 +33,7 @@ from svi_model.erft.loss import timestep_weights, training_sigmas, weighted_mse
 from svi_model.erft.train_config import TrainConfig, TrainConfigError
 from svi_model.erft.trainer import StepReport, train
 from svi_model.erft.training_data import process_order
-from svi_model.loading import load_wan_pipeline
+from svi_model.loading import ModelFolderError, load_wan_pipeline, load_wan_transformer
 from svi_model.lora_files import read_lora_file
 from svi_model.sampler import ClipCondition, ClipSampler
 from svi_model.schedule import shifted_sigmas
@@ -393,3 +393,23 @@ def test_svi_train_bad_config_is_one_line_and_exit_2(tmp_path, capsys, config, e
     assert main(["train", "--config", str(path)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error:") and expected in error
+
+
+def test_training_from_the_latent_cache_alone_reads_only_the_dit(trained, model_folder, tmp_path, monkeypatch):
+    config, uninterrupted, _ = trained
+
+    def no_encoders(_config):
+        raise AssertionError("training from a latent cache alone must not load the encoders")
+
+    monkeypatch.setattr("svi_model.erft.trainer.cpu_pipeline", no_encoders)
+    cached_only = tiny_config(model_folder, tmp_path / "run", {"latent_cache": config.data.latent_cache})
+    assert train(cached_only).losses == uninterrupted.losses
+
+
+def test_load_wan_transformer_names_what_the_dit_lacks(model_folder, tmp_path):
+    assert load_wan_transformer(model_folder, torch.float32).training is False
+    partial = tmp_path / "partial"
+    (partial / "transformer").mkdir(parents=True)
+    (partial / "transformer" / "config.json").write_text("{}")
+    with pytest.raises(ModelFolderError, match=r"transformer/\*\.safetensors"):
+        load_wan_transformer(partial)

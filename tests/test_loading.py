@@ -9,7 +9,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from original_layout import original_transformer_name, original_vae_name, tiny_wan21_vae, write_original_layout
 
-from svi_model.loading import ModelFolderError, load_wan_pipeline
+from svi_model.loading import ModelFolderError, load_wan_pipeline, load_wan_transformer
 from svi_model.schedule import SVIFlowMatchScheduler
 from svi_model.tiny import save_tiny_model, tiny_components
 
@@ -191,3 +191,11 @@ def test_loading_opens_no_connection(monkeypatch, layout, diffusers_folder, orig
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     load_wan_pipeline(diffusers_folder if layout == "diffusers" else original_folder)
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "bare original"])
+def test_the_dit_alone_loads_without_the_encoders(layout, diffusers_folder, bare_original_folder, tiny):
+    folder = diffusers_folder if layout == "diffusers" else bare_original_folder
+    transformer = load_wan_transformer(folder, torch.float32)
+    assert_same_weights(transformer, tiny["transformer"])
+    assert not transformer.training

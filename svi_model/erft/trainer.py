@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..atomic_files import write_text_atomic
 from ..conditioning import latent_frame_count
+from ..loading import load_wan_transformer
 from .checkpoints import ADAPTER_FILE, CheckpointFolder, TrainerState, recycler_file
 from .dataset import ClipDataset, derived_seed, read_video_index
 from .error_bank import grid_sigmas
@@ -142,8 +143,9 @@ class _Run:
     def _load(self) -> None:
         """Model, data, LoRA, optimizer and recycler, in the order the accelerator needs them."""
         config, accelerator = self.config, self.accelerator
-        pipe = cpu_pipeline(config)
-        sampler = encoders_on(pipe, accelerator.device) if config.data.videos is not None else None
+        # From a latent cache alone only the DiT is needed; with videos the encoders come too.
+        pipe = cpu_pipeline(config) if config.data.videos is not None else None
+        sampler = encoders_on(pipe, accelerator.device) if pipe is not None else None
         if config.data.latent_cache is None:
             items = read_video_index(config.data.videos, config.data.missing_caption)
             dataset = ClipDataset(items, config.clip_settings(), seed=config.seed)
@@ -158,11 +160,15 @@ class _Run:
                     f"asks for {config.clip_settings()}: change mode/clip to match, or use another cache folder"
                 )
             self.clips = TrainingClips(dataset)
-        settings = config.clip_settings()
-        spatial = pipe.vae_scale_factor_spatial
-        latent_shape = (pipe.vae.config.z_dim, latent_frame_count(settings.num_frames))
-        latent_shape += (settings.height // spatial, settings.width // spatial)
-        transformer = pipe.transformer
+        if pipe is None:
+            transformer = load_wan_transformer(config.model, self.dtype)
+            latent_shape = tuple(dataset[0].latents.shape)
+        else:
+            settings = config.clip_settings()
+            spatial = pipe.vae_scale_factor_spatial
+            latent_shape = (pipe.vae.config.z_dim, latent_frame_count(settings.num_frames))
+            latent_shape += (settings.height // spatial, settings.width // spatial)
+            transformer = pipe.transformer
         del pipe, sampler  # in cached mode this frees the encoders; in raw mode self.clips keeps them
         parameters = add_training_lora(
             transformer,
