@@ -27,7 +27,7 @@ from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
 from flows.task_results import RESULTS, content_digest
-from pipeline.assemble import assemble_run, read_run_request
+from pipeline.assemble import assemble_run, join_run_chapters, read_run_request
 from pipeline.engines import EngineSpec
 from pipeline.file_hashes import file_sha256
 from pipeline.film_request import FilmRequest
@@ -38,7 +38,6 @@ from pipeline.run_folder import RunFolder, clear_run, load_reference_png, load_s
 from pipeline.storyline import Storyline, StorylineRequest, save_storyline, write_storyline
 from pipeline.storyline_qwen import release_qwen
 from pipeline.synthesize import ClipStore, cache_root, clip_key, synthesize_clip
-from pipeline.video_files import join_chapters
 from svi_model.atomic_files import atomic_path, write_text_atomic
 from svi_model.recipes import FilmSettings
 from svi_model.tiny import save_tiny_model
@@ -280,8 +279,11 @@ def film(request: FilmRequest = FilmRequest()) -> Path:
         label = "" if len(chapters) == 1 else f"-chapter-{number}"
         _render_chapter(chapter, chapter_run, picture, dict(timings), progress, label)
     if len(chapters) > 1:
-        join_chapters([chapter_run.film for _, chapter_run, _ in chapters], run.film, request.crossfade_s)
+        join_run_chapters(run.root)
         get_run_logger().info("joined %d chapters into %s", len(chapters), run.film)
+        create_markdown_artifact(
+            key="storyboard", markdown=_storyboard_markdown(run.storyboard), description="every chapter's storyboard"
+        )
     return run.film
 
 

@@ -46,12 +46,71 @@ FONT_SIZE = 13
 
 
 def assemble_film(run_dir: Path) -> Path:
-    """`assemble_run`; for a film in chapters, every chapter's, then the chapters joined with the crossfade."""
+    """`assemble_run`; for a film in chapters, every chapter's, then `join_run_chapters`."""
     request = read_run_request(RunFolder(run_dir))
     if request.chapter_count() == 1:
         return assemble_run(run_dir)
-    films = [assemble_run(request.chapter_dir(index)) for index in range(request.chapter_count())]
-    return join_chapters(films, RunFolder(run_dir).film, request.crossfade_s)
+    for index in range(request.chapter_count()):
+        assemble_run(request.chapter_dir(index))
+    return join_run_chapters(run_dir)
+
+
+def join_run_chapters(run_dir: Path) -> Path:
+    """The film of a run in chapters, from its assembled chapters: film.mp4 (chapters crossfaded), film.srt (every
+    clip's prompt on the joined timeline), storyboard.png (the chapters' storyboards, one under the other) and
+    manifest.json (the request, each chapter's manifest and place in the film); returns film.mp4's path.
+
+    A chapter's cues end where the next chapter starts, so the crossfade shows the coming chapter's first prompt.
+    """
+    run = RunFolder(Path(run_dir))
+    request = read_run_request(run)
+    chapters = [RunFolder(request.chapter_dir(index)) for index in range(request.chapter_count())]
+    manifests = [json.loads(chapter.manifest.read_text(encoding="utf-8")) for chapter in chapters]
+    join_chapters([chapter.film for chapter in chapters], run.film, request.crossfade_s)
+
+    overlap = round(request.crossfade_s * request.fps)
+    starts = [0]
+    for manifest in manifests[:-1]:
+        starts.append(starts[-1] + manifest["film"]["frames"] - overlap)
+    ends = [*starts[1:], starts[-1] + manifests[-1]["film"]["frames"]]
+    prompts, spans = [], []
+    for start, end, manifest in zip(starts, ends, manifests, strict=True):
+        for clip in manifest["clips"]:
+            first, stop = clip["film_frames"]
+            prompts.append(clip["prompt"])
+            spans.append(range(start + first, min(start + stop, end)))
+    write_text_atomic(run.subtitles, subtitles(prompts, spans, request.fps))
+
+    boards = [Image.open(chapter.storyboard).convert("RGB") for chapter in chapters]
+    sheet = Image.new("RGB", (max(b.width for b in boards), sum(b.height for b in boards)), "white")
+    top = 0
+    for board in boards:
+        sheet.paste(board, (0, top))
+        top += board.height
+    with atomic_path(run.storyboard) as tmp:
+        sheet.save(tmp, format="PNG")
+
+    manifest = {
+        "request": request.model_dump(mode="json"),
+        "versions": _versions(),
+        "chapters": [
+            {
+                "run_dir": str(chapter.root),
+                "manifest_sha256": file_sha256(chapter.manifest),
+                "film_frames": [start, end],
+            }
+            for chapter, start, end in zip(chapters, starts, ends, strict=True)
+        ],
+        "film": {
+            "file": run.film.name,
+            "sha256": file_sha256(run.film),
+            "frames": ends[-1],
+            "fps": request.fps,
+            "crossfade_frames": overlap,
+        },
+    }
+    write_text_atomic(run.manifest, json.dumps(manifest, indent=2))
+    return run.film
 
 
 def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path:

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
 from prefect.states import AwaitingRetry
@@ -17,6 +18,7 @@ from prefect.utilities.callables import parameter_schema
 from flows.batch import batch
 from flows.cli import main
 from flows.film import film
+from pipeline.assemble import srt_timestamp
 from pipeline.film_request import FilmRequest
 from pipeline.run_folder import RunFolder
 from pipeline.video_files import read_clip
@@ -183,6 +185,18 @@ def test_two_chapters_from_the_two_best_pictures_joined_with_a_crossfade(tmp_pat
     frames = [len(read_clip(chapter.clip(0))) for chapter in chapters]
     joined = len(read_clip(path))
     assert sum(frames) - joined == round(0.25 * request.fps), "the chapters overlap by the crossfade"
+
+    run = RunFolder(request.run_dir)
+    cues = run.subtitles.read_text().strip().split("\n\n")
+    second = frames[0] - round(0.25 * request.fps)  # chapter 2 starts as chapter 1 begins to fade
+    assert len(cues) == 2
+    assert cues[0].splitlines()[1] == f"{srt_timestamp(0)} --> {srt_timestamp(second / request.fps)}"
+    assert cues[1].splitlines()[1] == f"{srt_timestamp(second / request.fps)} --> {srt_timestamp(joined / request.fps)}"
+    manifest = json.loads(run.manifest.read_text())
+    assert [c["film_frames"] for c in manifest["chapters"]] == [[0, second], [second, joined]]
+    assert manifest["film"]["frames"] == joined
+    with Image.open(run.storyboard) as board, Image.open(chapters[0].storyboard) as first:
+        assert board.height == 2 * first.height
 
     path.unlink()
     assert main(["assemble", "--run-dir", str(request.run_dir)]) == 0
