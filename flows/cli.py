@@ -153,6 +153,8 @@ def _add_film_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--urls", nargs="+", help="--source urls: picture addresses")
     parser.add_argument("--image-folder", type=Path, help="--source folder: your pictures to choose from")
     parser.add_argument("--license", help="bing: licence filter, e.g. commercial,modify")
+    parser.add_argument("--max-images", type=int, help="most accepted pictures kept to choose from (default 8)")
+    parser.add_argument("--min-side", type=int, help="shortest side a picture may have, px (default 256)")
     parser.add_argument("--storyline", dest="storyline_backend", choices=["template", "qwen", "openai"])
     parser.add_argument("--qwen-model", type=Path, help="local Qwen2.5-VL-3B/7B-Instruct folder")
     parser.add_argument("--openai-base-url")

@@ -50,6 +50,8 @@ class FilmRequest(BaseModel):
     filters: dict[str, str] = Field(
         default_factory=dict, description="search filters, e.g. {'license': 'commercial,modify'} (bing)"
     )
+    max_images: int = Field(8, ge=1, le=100, description="most accepted pictures kept to choose from")
+    min_side: int = Field(256, ge=16, description="shortest side a picture may have, px")
     storyline_backend: Literal["template", "qwen", "openai"] | None = Field(None, description="default: profile's")
     qwen_model: Path | None = Field(None, description="local Qwen2.5-VL-3B/7B-Instruct folder")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
@@ -127,6 +129,8 @@ class FilmRequest(BaseModel):
             urls=self.urls,
             folder=self.image_folder,
             filters=self.filters,
+            max_images=self.max_images,
+            min_side=self.min_side,
         )
 
     def storyline_request(self) -> StorylineRequest:
