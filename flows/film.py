@@ -4,7 +4,7 @@ Every task is cached by content (its inputs' hashes, its settings and a stage ve
 `$SVI_CACHE_DIR/prefect-results`, so a retried run (the UI's Retry button), a rerun, or a new run with the same
 inputs reuses finished work; clip k's key includes the exact state clip k−1 handed over, so editing the prompt of
 clip 3 re-renders clips 3… and nothing before. Clips run one at a time (the loop is sequential: clip k needs
-clip k−1) on the engine kept loaded in the process; their tasks carry the tag `gpu` for a server-side limit.
+clip k−1) on the engine kept loaded in the process; served, their tasks carry the tag `gpu` for a server-side limit.
 
 No `from __future__ import annotations` here: served runs must resolve the pydantic parameter types.
 """
@@ -12,6 +12,7 @@ No `from __future__ import annotations` here: served runs must resolve the pydan
 import base64
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -43,6 +44,8 @@ from svi_model.recipes import FilmSettings
 from svi_model.tiny import save_tiny_model
 
 RETRIEVE_VERSION = "retrieve-2"
+GPU_TAG = "gpu"
+GPU_TAG_SWITCH = "SVI_GPU_TAG"
 STORYLINE_VERSION = "storyline-1"
 
 
@@ -145,7 +148,6 @@ def _clip_key(run_dir: Path, k: int, settings: FilmSettings, prompts: list[str],
 
 @task(
     name="clip",
-    tags=["gpu"],
     task_run_name="clip-{k:04d}",
     cache_key_fn=_clip_task_key,
     persist_result=True,
@@ -159,6 +161,15 @@ def render_clip(
         result = synthesize_clip(RunFolder(run_dir), k, settings, prompts, engine, fps, on_step=lambda *_: bar.update())
     get_run_logger().info("clip %d %s (key %s…)", k, "reused" if result.reused else "rendered", result.key[:12])
     return {"k": k, "key": result.key, "reused": result.reused}
+
+
+def _clip_tags() -> set[str]:
+    """`{"gpu"}` where clip tasks share a GPU under a server-side limit (`svi serve` sets SVI_GPU_TAG=1), else none.
+
+    Prefect asks the server for a slot for every tagged task even when the tag has no limit (its issue #19367):
+    measured here, about 2 s per clip (`bench/flow_overhead.py`); a run from the command line has its GPU alone.
+    """
+    return {GPU_TAG} if os.environ.get(GPU_TAG_SWITCH) == "1" else set()
 
 
 @task(name="demo-model")
@@ -316,7 +327,7 @@ def _render_chapter(
     for k in range(request.clips):
         key = _clip_key(run.root, k, settings, prompt_stream, engine, request.fps)
         # A cached result is only as good as the stored clip: without it, render again.
-        result = render_clip.with_options(refresh_cache=not store.has(key))(
+        result = render_clip.with_options(refresh_cache=not store.has(key), tags=_clip_tags())(
             run.root, k, settings, prompt_stream, engine, request.fps
         )
         store.materialise(result["key"], run, k)

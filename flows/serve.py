@@ -4,14 +4,14 @@ Served runs execute in this process's runner; each flow run loads the engine onc
 The tag concurrency limit `gpu` (1 by default) keeps clip tasks of concurrent runs from sharing one GPU.
 """
 
+import os
+
 from prefect import serve
 from prefect.client.orchestration import get_client
 
 from .batch import batch
-from .film import film
+from .film import GPU_TAG, GPU_TAG_SWITCH, film
 from .train import train_flow
-
-GPU_TAG = "gpu"
 
 
 def ensure_gpu_limit(slots: int) -> None:
@@ -23,6 +23,7 @@ def ensure_gpu_limit(slots: int) -> None:
 def serve_flows(gpu_slots: int = 1) -> None:
     """Serve `film`, `batch` and `train` until interrupted."""
     ensure_gpu_limit(gpu_slots)
+    os.environ[GPU_TAG_SWITCH] = "1"  # the runs this runner starts inherit it: their clip tasks take the limit
     serve(
         film.to_deployment(name="svi-film", tags=["svi"]),
         batch.to_deployment(name="svi-batch", tags=["svi"]),

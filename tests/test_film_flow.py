@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.flow_engine import run_flow
 from prefect.states import AwaitingRetry
 from prefect.utilities.callables import parameter_schema
@@ -248,3 +249,18 @@ def test_more_clips_in_the_same_run_folder_extend_the_film(tmp_path, fresh_cache
     rendered.clear()
     film(request_for(tmp_path / "run", clips=3))
     assert rendered == [2]
+
+
+@pytest.mark.parametrize("served", [False, True])
+def test_clip_tasks_take_the_gpu_tag_only_when_served(tmp_path, fresh_cache, monkeypatch, served):
+    if served:
+        monkeypatch.setenv("SVI_GPU_TAG", "1")
+    else:
+        monkeypatch.delenv("SVI_GPU_TAG", raising=False)
+    state = film(request_for(tmp_path / "run", clips=1), return_state=True)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    clip_tags = [set(run.tags) for run in runs if run.name.startswith("clip-")]
+    assert clip_tags == [{"gpu"} if served else set()]
