@@ -23,6 +23,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Prefect's telemetry heartbeat only fails (and logs tracebacks) on these offline machines.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL a run starts a temporary local server; its first start creates the database, which on a
+# small machine can outlast Prefect's default wait of 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
