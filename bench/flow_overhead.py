@@ -51,8 +51,8 @@ def main() -> None:
             clips=args.clips, frames=args.frames, steps=args.steps, width=args.width, run_dir=run_dir, overwrite=True
         )
 
-    save_tiny_model(work / "cache" / "tiny-model")
     engine = request(work / "flow").engine()
+    save_tiny_model(engine.model)
     load_engine(engine)
 
     model_s = [0.0]

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from flows.task_results import RESULTS, content_digest
 from pipeline.assemble import assemble_run, join_run_chapters, read_run_request
+from pipeline.cache_folder import clip_store_folder
 from pipeline.engines import EngineSpec
 from pipeline.file_hashes import file_sha256
 from pipeline.film_request import FilmRequest
@@ -38,7 +39,7 @@ from pipeline.retrieve import RetrieveRequest, choose_references, retrieve_image
 from pipeline.run_folder import RunFolder, clear_run, load_reference_png, load_state
 from pipeline.storyline import Storyline, StorylineRequest, save_storyline, write_storyline
 from pipeline.storyline_qwen import release_qwen
-from pipeline.synthesize import ClipStore, cache_root, clip_key, synthesize_clip
+from pipeline.synthesize import ClipStore, clip_key, synthesize_clip
 from svi_model.atomic_files import atomic_path, write_text_atomic
 from svi_model.recipes import FilmSettings
 from svi_model.tiny import save_tiny_model
@@ -323,7 +324,7 @@ def _render_chapter(
     prompt_stream = _story(request, run, picture, timings)
 
     start = time.perf_counter()
-    store = ClipStore(cache_root() / "clips")
+    store = ClipStore(clip_store_folder())
     for k in range(request.clips):
         key = _clip_key(run.root, k, settings, prompt_stream, engine, request.fps)
         # A cached result is only as good as the stored clip: without it, render again.

@@ -3,10 +3,10 @@
 import hashlib
 import json
 
-from pipeline.synthesize import cache_root
+from pipeline.cache_folder import task_results_folder
 
 # Persisted next to the clip store, so a retried or repeated run finds what an earlier one made.
-RESULTS = cache_root() / "prefect-results"
+RESULTS = task_results_folder()
 
 
 def content_digest(fields: dict) -> str:

@@ -8,33 +8,34 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .synthesize import cache_root
-
-PARTS = {"clips": "stored clips", "prefect-results": "Prefect task results", "tiny-model": "the demo's tiny model"}
+from .cache_folder import clip_store_folder, task_results_folder, tiny_model_folder
 
 
 @dataclass(frozen=True)
 class CachePart:
-    name: str
     what: str
     path: Path
     files: int
     bytes: int
 
 
-def cache_usage(root: Path | None = None) -> list[CachePart]:
+def _part(what: str, folder: Path) -> CachePart:
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return CachePart(what, folder, len(files), sum(p.stat().st_size for p in files))
+
+
+def cache_usage() -> list[CachePart]:
     """Files and bytes under each part of the cache (bytes counted once per file, even when hard-linked)."""
-    root = root or cache_root()
-    parts = []
-    for name, what in PARTS.items():
-        files = [p for p in (root / name).rglob("*") if p.is_file()] if (root / name).is_dir() else []
-        parts.append(CachePart(name, what, root / name, len(files), sum(p.stat().st_size for p in files)))
-    return parts
+    return [
+        _part("stored clips", clip_store_folder()),
+        _part("Prefect task results", task_results_folder()),
+        _part("the demo's tiny model", tiny_model_folder()),
+    ]
 
 
-def clear_cache(root: Path | None = None) -> list[CachePart]:
+def clear_cache() -> list[CachePart]:
     """Delete the stored clips and the Prefect task results (kept: the tiny model); returns what was freed."""
-    freed = [part for part in cache_usage(root) if part.name != "tiny-model" and part.files]
+    freed = [part for part in cache_usage() if part.path != tiny_model_folder() and part.files]
     for part in freed:
         shutil.rmtree(part.path)
     return freed

@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from svi_model.recipes import FilmSettings, preset
 
+from .cache_folder import tiny_model_folder
 from .engines import EngineSpec
 from .keywords import Keywords
 from .retrieve import RetrieveRequest, Source
 from .run_folder import RunFolder
 from .storyline import StorylineRequest
-from .synthesize import cache_root
 
 Profile = Literal["demo", "wan"]
 
@@ -111,7 +111,7 @@ class FilmRequest(BaseModel):
 
     def engine(self) -> EngineSpec:
         if self.profile == "demo":
-            model = self.model or cache_root() / "tiny-model"
+            model = self.model or tiny_model_folder()
             return EngineSpec(model=model, lora=self.lora, lora_scale=self.lora_scale, device=self.device or "cpu")
         fields = dict(model=self.model, lora=self.lora, lora_scale=self.lora_scale)
         return EngineSpec(**fields, **({"device": self.device} if self.device else {}))

@@ -20,17 +20,13 @@ from svi_model.chain import ChainState, FilmRenderer
 from svi_model.recipes import FilmSettings
 from svi_model.sampler import StepCallback
 
+from .cache_folder import clip_store_folder
 from .engines import EngineSpec, load_engine
 from .run_folder import RunFolder, load_reference_png, load_state, save_state
 from .video_files import write_clip
 
 # Bump when the code that renders a clip changes what it produces: old cache entries then stop matching.
 STAGE_VERSION = "synthesize-1"
-
-
-def cache_root() -> Path:
-    """Where reusable work is kept: `$SVI_CACHE_DIR`, by default `~/.cache/svi-film`."""
-    return Path(os.environ.get("SVI_CACHE_DIR", Path.home() / ".cache" / "svi-film"))
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -123,7 +119,7 @@ def synthesize_clip(
     on_step: StepCallback | None = None,
 ) -> ClipResult:
     """Make clip `k` of `run` from its reference and clip k−1's stored state; reuse it if it was made before."""
-    store = store or ClipStore(cache_root() / "clips")
+    store = store or ClipStore(clip_store_folder())
     reference = load_reference_png(run.reference)
     if k > 0 and not run.state(k - 1).is_file():
         raise FileNotFoundError(f"clip {k} needs clip {k - 1} first: {run.state(k - 1)} is missing")
