@@ -28,11 +28,11 @@ from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
 from flows.task_results import RESULTS, content_digest
-from pipeline.assemble import assemble_run, join_run_chapters, read_run_request
+from pipeline.assemble import assemble_run, join_run_chapters
 from pipeline.cache_folder import clip_store_folder
 from pipeline.engines import EngineSpec
 from pipeline.file_hashes import file_sha256
-from pipeline.film_request import FilmRequest
+from pipeline.film_request import FilmRequest, read_run_request
 from pipeline.prompt_files import read_prompt_file
 from pipeline.reference import normalise_reference
 from pipeline.retrieve import RetrieveRequest, choose_references, retrieve_images

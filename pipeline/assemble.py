@@ -13,15 +13,13 @@ from importlib import metadata
 from pathlib import Path
 
 import imageio_ffmpeg
-import yaml
 from PIL import Image, ImageDraw, ImageFont
-from pydantic import ValidationError
 
 from svi_model.atomic_files import atomic_path, write_text_atomic
 
 from .engines import EngineSpec
 from .file_hashes import file_sha256
-from .film_request import FilmRequest
+from .film_request import read_run_request
 from .prompt_files import read_prompt_file
 from .run_folder import RunFolder
 from .video_files import FilmFrames, join_chapters, stitched_clips, write_film
@@ -180,21 +178,6 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
     }
     write_text_atomic(run.manifest, json.dumps(manifest, indent=2))
     return run.film
-
-
-def read_run_request(run: RunFolder) -> FilmRequest:
-    """The request stored in the run folder (JSON, or YAML after a hand edit)."""
-    if not run.request.is_file():
-        raise FileNotFoundError(
-            f"{run.root} is not a run folder (it has no request.yaml): make one with `svi film --run-dir {run.root}`"
-        )
-    try:
-        return FilmRequest(**yaml.safe_load(run.request.read_text(encoding="utf-8")))
-    except (yaml.YAMLError, TypeError) as err:
-        raise ValueError(f"{run.request} is not a film request ({err}): run `svi film` again to rewrite it") from err
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"{run.request} is not a valid film request: {problems}") from err
 
 
 def _previous_timings(manifest: Path) -> dict[str, float]:

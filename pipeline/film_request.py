@@ -13,7 +13,8 @@ Profiles:
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from svi_model.recipes import FilmSettings, preset
 
@@ -156,3 +157,18 @@ class FilmRequest(BaseModel):
     def uses_random_weights(self) -> bool:
         """True when the demo renders with tiny random weights (no model folder given)."""
         return self.profile == "demo" and self.model is None
+
+
+def read_run_request(run: RunFolder) -> FilmRequest:
+    """The request stored in the run folder (JSON, or YAML after a hand edit)."""
+    if not run.request.is_file():
+        raise FileNotFoundError(
+            f"{run.root} is not a run folder (it has no request.yaml): make one with `svi film --run-dir {run.root}`"
+        )
+    try:
+        return FilmRequest(**yaml.safe_load(run.request.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, TypeError) as err:
+        raise ValueError(f"{run.request} is not a film request ({err}): run `svi film` again to rewrite it") from err
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"{run.request} is not a valid film request: {problems}") from err
