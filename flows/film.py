@@ -138,7 +138,7 @@ def storyline(request: StorylineRequest, image: Path) -> Storyline:
 
 
 def _clip_task_key(context, parameters) -> str:
-    return "clip-" + _clip_key(**parameters)
+    return "clip-" + parameters["key"]
 
 
 def _clip_key(run_dir: Path, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float) -> str:
@@ -155,9 +155,12 @@ def _clip_key(run_dir: Path, k: int, settings: FilmSettings, prompts: list[str],
     result_storage=RESULTS,
 )
 def render_clip(
-    run_dir: Path, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float
+    run_dir: Path, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float, key: str
 ) -> dict:
-    """Clip k into the run folder (from the clip store when it was made before), with a bar over its steps."""
+    """Clip k into the run folder (from the clip store when it was made before), with a bar over its steps.
+
+    `key` is the clip's content key (`_clip_key`), computed once by the flow; it is the task's cache key.
+    """
     with tqdm(total=settings.steps, desc=f"clip {k}", unit="step", leave=False) as bar:
         result = synthesize_clip(RunFolder(run_dir), k, settings, prompts, engine, fps, on_step=lambda *_: bar.update())
     get_run_logger().info("clip %d %s (key %s…)", k, "reused" if result.reused else "rendered", result.key[:12])
@@ -329,7 +332,7 @@ def _render_chapter(
         key = _clip_key(run.root, k, settings, prompt_stream, engine, request.fps)
         # A cached result is only as good as the stored clip: without it, render again.
         result = render_clip.with_options(refresh_cache=not store.has(key), tags=_clip_tags())(
-            run.root, k, settings, prompt_stream, engine, request.fps
+            run.root, k, settings, prompt_stream, engine, request.fps, key
         )
         store.materialise(result["key"], run, k)
         progress.clip_done()
