@@ -67,7 +67,7 @@ class FilmRequest(BaseModel):
     overwrite: bool = Field(False, description="run_dir holds another film: delete it and start afresh")
     width: int | None = Field(None, ge=64, le=1920, description="film width at most (default 416 demo, 832 wan)")
     chapters: int = Field(1, ge=1, le=50, description="chapters from the best pictures (with images: one per picture)")
-    crossfade_s: float = Field(1.0, ge=0.0, le=5.0, description="chapters fade into each other over this long")
+    crossfade_s: float = Field(1.0, gt=0.0, le=5.0, description="chapters fade into each other over this long")
 
     @model_validator(mode="after")
     def _needs(self) -> "FilmRequest":

@@ -154,6 +154,7 @@ def test_command_line_prompts_then_film_then_assemble(tmp_path, fresh_cache, cap
     [
         (["--clips", "0"], "clips"),
         (["--profile", "wan"], "model"),
+        (["--chapters", "2", "--crossfade", "0"], "crossfade"),
         (["--images", "missing.png", "--clips", "1"], "missing.png"),
     ],
 )
