@@ -4,6 +4,8 @@
     python bench/erft_step.py --tiny          # the tiny test transformer on the CPU: exercises this script
     python bench/erft_step.py --no-checkpointing --frames 41    # what gradient checkpointing buys
 
+Without a GPU, `bench/erft_memory_estimate.py` gives the same step's peak memory and FLOPs from fake tensors.
+
 The step is the trainer's own (`step.ErftStep`: error injection, DiT forward and backward, grad clip, AdamW, error
 banking), fed as from the latent cache: latents, condition latents, text and CLIP tokens of the right shapes, so
 no encoder is loaded. The LoRA is SVI's (rank = alpha = 128 on q, k, v, o, ffn.0, ffn.2, fp32 weights on the bf16
@@ -19,14 +21,14 @@ import time
 import torch
 from accelerate import Accelerator
 from diffusers import WanTransformer3DModel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from svi_model.conditioning import latent_frame_count
 from svi_model.erft.error_bank import ErrorBank, grid_sigmas
 from svi_model.erft.lora_training import add_training_lora
 from svi_model.erft.recycling import ErrorRecycler, RecyclingSettings
 from svi_model.erft.step import ErftStep, StepInputs
-from svi_model.sampler import mask_and_latents
+from svi_model.sampler import mask_and_latents, predict_velocity
 from svi_model.tiny import tiny_components
 
 # diffusers' config of Wan2.1-I2V-14B-480P's transformer (16.4 B parameters).
@@ -52,13 +54,14 @@ CLIP_TOKENS = 257  # ViT-H/14 at 224 px; the transformer takes any count, so the
 GIB = 2**30
 
 
-def real_transformer(device: torch.device) -> WanTransformer3DModel:
-    """Wan2.1-I2V-14B with random weights, built on the device in bf16 (modules diffusers keeps in fp32 too)."""
+def real_transformer(device: torch.device, config: dict = WAN21_I2V_14B) -> WanTransformer3DModel:
+    """Wan2.1-I2V-14B (or another `config`) with random weights, built on the device in bf16 (the modules
+    diffusers keeps in fp32 in fp32)."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            model = WanTransformer3DModel(**WAN21_I2V_14B)
+            model = WanTransformer3DModel(**config)
     finally:
         torch.set_default_dtype(default)
     keep = set(WanTransformer3DModel._keep_in_fp32_modules or [])
@@ -83,6 +86,36 @@ def step_inputs(model: WanTransformer3DModel, frames: int, height: int, width: i
         text=random(1, 512, config.text_dim).to(device, dtype),
         clip_tokens=random(1, CLIP_TOKENS, config.image_dim).to(device, dtype),
     )
+
+
+def attention_flop_formulas() -> dict:
+    """FlopCounterMode formulas for the CPU's fused attention kernels, which torch counts only on CUDA. They take
+    (query, key, value, …) and (grad_out, query, key, value, …), `[B, H, L, D]` each, as CUDA's flash kernels do."""
+
+    def forward(query, key, value, *_, **__) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *_, **__) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    }
+
+
+def forward_flops(model: torch.nn.Module, inputs: StepInputs, dtype: torch.dtype) -> int:
+    """FLOPs of one DiT forward on `inputs` without autograd: what gradient checkpointing recomputes."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=attention_flop_formulas()) as counter:
+        predict_velocity(
+            model,
+            torch.cat([inputs.latents, mask_and_latents(inputs.condition_latents)], dim=1).to(dtype),
+            torch.tensor([500.0], device=inputs.latents.device),
+            inputs.text,
+            inputs.clip_tokens,
+        )
+    return counter.get_total_flops()
 
 
 def seconds_to_bank_into_a_full_grid(error_shape: tuple[int, ...], capacity: int = 500) -> float:
@@ -146,18 +179,11 @@ def main() -> None:
 
     for n in range(args.warmup):
         step(inputs, n)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=attention_flop_formulas()) as counter:
         step(inputs, args.warmup)
     step_flops = counter.get_total_flops()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        accelerator.unwrap_model(model)(
-            hidden_states=torch.cat([inputs.latents, mask_and_latents(inputs.condition_latents)], dim=1).to(dtype),
-            timestep=torch.tensor([500.0], device=device),
-            encoder_hidden_states=inputs.text,
-            encoder_hidden_states_image=inputs.clip_tokens,
-        )
-    forward_flops = counter.get_total_flops()
-    model_flops = step_flops - (forward_flops if args.checkpointing else 0)
+    forward = forward_flops(accelerator.unwrap_model(model), inputs, dtype)
+    model_flops = step_flops - (forward if args.checkpointing else 0)
 
     if cuda:
         torch.cuda.synchronize()
@@ -174,9 +200,8 @@ def main() -> None:
     spread = f"min {min(seconds):.3f}, max {max(seconds):.3f}"
     print(f"\nseconds per step, median of {args.steps}: {per_step:.3f} ({spread})")
     print(
-        f"forward {forward_flops / 1e12:.4g} TFLOP; step {step_flops / 1e12:.4g} TFLOP counted (hardware), "
+        f"forward {forward / 1e12:.4g} TFLOP; step {step_flops / 1e12:.4g} TFLOP counted (hardware), "
         f"{model_flops / 1e12:.4g} TFLOP without the recomputed forward (model)"
-        + ("" if cuda else "; the CPU's attention kernels are not counted")
     )
     achieved = model_flops / per_step / 1e12
     peak = args.peak_tflops or (H100_BF16_PEAK_TFLOPS if cuda else None)
