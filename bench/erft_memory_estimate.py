@@ -13,6 +13,8 @@ bytes of every live tensor storage and keeps the peak: what `torch.cuda.max_memo
 caching allocator's rounding and fragmentation, the CUDA context and library workspaces, which only a GPU shows
 (`bench/erft_step.py` measures them on one). Attention runs as the CPU's fused flash kernel, which, like CUDA's
 flash and cuDNN kernels, keeps the output and the log-sum-exp for the backward and never the attention matrix.
+Autocast is the CPU's, whose op lists differ from CUDA's in a few ops; Wan's matmuls, convolutions and attention
+run in bf16 under both, and its LayerNorms compute in fp32 whatever the autocast.
 
 Left out: error injection and banking (a few latent-sized tensors, 8.4 MiB each at 81×480×832; the banks live
 in host memory), and the encoders (a latent-cache run loads none). The second step is the one reported: the
