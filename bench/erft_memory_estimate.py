@@ -9,9 +9,9 @@ Every tensor is a FakeTensor: shapes and dtypes, no storage. The transformer is 
 SVI's LoRA (rank = alpha = 128, fp32 on the bf16 base), then its parameters become fake CPU tensors, and the
 trainer's own device-side step runs on them: `ErftStep.update` (DiT forward under accelerate's bf16 autocast,
 weighted MSE, backward through gradient checkpointing, gradient clipping, AdamW). A dispatch mode adds up the
-bytes of every live tensor storage and keeps the peak: what `torch.cuda.max_memory_allocated` reports, less the
-caching allocator's rounding and fragmentation, the CUDA context and library workspaces, which only a GPU shows
-(`bench/erft_step.py` measures them on one). Attention runs as the CPU's fused flash kernel, which, like CUDA's
+bytes of every live tensor storage and keeps the peak: what `torch.cuda.max_memory_allocated` reports, but for
+its rounding of blocks to 512 bytes. The allocator's fragmentation, the CUDA context and library workspaces come
+on top, and only a GPU shows them (`bench/erft_step.py` measures them on one). Attention runs as the CPU's fused flash kernel, which, like CUDA's
 flash and cuDNN kernels, keeps the output and the log-sum-exp for the backward and never the attention matrix.
 Autocast is the CPU's, whose op lists differ from CUDA's in a few ops; Wan's matmuls, convolutions and attention
 run in bf16 under both, and its LayerNorms compute in fp32 whatever the autocast.
