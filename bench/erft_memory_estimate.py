@@ -5,16 +5,16 @@
     python bench/erft_memory_estimate.py --out bench/results/erft-estimate-$(date +%F).json
     python bench/erft_memory_estimate.py --tiny                 # the tiny test transformer: exercises this script
 
-Every tensor is a FakeTensor: shapes and dtypes, no storage. The transformer is built on the meta device with
-SVI's LoRA (rank = alpha = 128, fp32 on the bf16 base), then its parameters become fake CPU tensors, and the
-trainer's own device-side step runs on them: `ErftStep.update` (DiT forward under accelerate's bf16 autocast,
-weighted MSE, backward through gradient checkpointing, gradient clipping, AdamW). A dispatch mode adds up the
-bytes of every live tensor storage and keeps the peak: what `torch.cuda.max_memory_allocated` reports, but for
-its rounding of blocks to 512 bytes. The allocator's fragmentation, the CUDA context and library workspaces come
-on top, and only a GPU shows them (`bench/erft_step.py` measures them on one). Attention runs as the CPU's fused flash kernel, which, like CUDA's
-flash and cuDNN kernels, keeps the output and the log-sum-exp for the backward and never the attention matrix.
-Autocast is the CPU's, whose op lists differ from CUDA's in a few ops; Wan's matmuls, convolutions and attention
-run in bf16 under both, and its LayerNorms compute in fp32 whatever the autocast.
+Every tensor is a FakeTensor: shapes and dtypes, no storage. The transformer is built on the meta device with SVI's
+LoRA (rank = alpha = 128, fp32 on the bf16 base), then its parameters become fake CPU tensors, and the trainer's
+own device-side step runs on them: `ErftStep.update` (DiT forward under accelerate's bf16 autocast, weighted MSE,
+backward through gradient checkpointing, gradient clipping, AdamW). A dispatch mode adds up the bytes of every live
+tensor storage and keeps the peak: what `torch.cuda.max_memory_allocated` reports, but for its rounding of blocks
+to 512 bytes. The allocator's fragmentation, the CUDA context and library workspaces come on top, and only a GPU
+shows them (`bench/erft_step.py` measures them on one). Attention runs as the CPU's fused flash kernel, which, like
+CUDA's flash and cuDNN kernels, keeps the output and the log-sum-exp for the backward and never the attention
+matrix. Autocast is the CPU's, whose op lists differ from CUDA's in a few ops; Wan's matmuls, convolutions and
+attention run in bf16 under both, and its LayerNorms compute in fp32 whatever the autocast.
 
 Left out: error injection and banking (a few latent-sized tensors, 8.4 MiB each at 81×480×832; the banks live
 in host memory), and the encoders (a latent-cache run loads none). The second step is the one reported: the
@@ -36,9 +36,11 @@ from erft_step import (
     GIB,
     WAN21_I2V_14B,
     attention_flop_formulas,
+    fill_step_defaults,
     forward_flops,
     memory_breakdown,
     real_transformer,
+    step_arguments,
     step_inputs,
 )
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -156,21 +158,12 @@ def peak_step_bytes(step: ErftStep, inputs: StepInputs, fake_mode: FakeTensorMod
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="the tiny test transformer's config")
-    parser.add_argument("--frames", type=int, help="clip frames, 4k+1 (default 81; tiny 9)")
-    parser.add_argument("--height", type=int, help="default 480 (tiny 32)")
-    parser.add_argument("--width", type=int, help="default 832 (tiny 32)")
-    parser.add_argument("--rank", type=int, help="LoRA rank = alpha (default 128; tiny 4)")
-    parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    step_arguments(parser, "the tiny test transformer's config")
     parser.add_argument("--gpu-gib", type=float, default=H100_USABLE_GIB, help="memory the GPU offers, GiB")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     started = time.perf_counter()
-    args.frames, args.height, args.width = (
-        args.frames or (9 if args.tiny else 81),
-        *(size or (32 if args.tiny else default) for size, default in ((args.height, 480), (args.width, 832))),
-    )
-    args.rank = args.rank or (4 if args.tiny else 128)
+    fill_step_defaults(args)
 
     model = real_transformer(torch.device("meta"), tiny_transformer_config() if args.tiny else WAN21_I2V_14B)
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)

@@ -142,25 +142,36 @@ def memory_breakdown(model: torch.nn.Module, parameters: list[torch.nn.Parameter
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="the tiny test transformer, fp32 on the CPU")
+def step_arguments(parser: argparse.ArgumentParser, tiny_help: str) -> None:
+    """The arguments of both ERFT step benches: the model (real or tiny), clip size, LoRA rank, checkpointing."""
+    parser.add_argument("--tiny", action="store_true", help=tiny_help)
     parser.add_argument("--frames", type=int, help="clip frames, 4k+1 (default 81; tiny 9)")
     parser.add_argument("--height", type=int, help="default 480 (tiny 32)")
     parser.add_argument("--width", type=int, help="default 832 (tiny 32)")
-    parser.add_argument("--rank", type=int, default=128, help="LoRA rank = alpha")
+    parser.add_argument("--rank", type=int, help="LoRA rank = alpha (default 128; tiny 4)")
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+
+
+def fill_step_defaults(args: argparse.Namespace) -> None:
+    """Fill frames, height, width and rank left open with the real (81×480×832, 128) or tiny (9×32×32, 4) ones."""
+    real, tiny = (81, 480, 832, 128), (9, 32, 32, 4)
+    for name, default in zip(("frames", "height", "width", "rank"), tiny if args.tiny else real, strict=True):
+        setattr(args, name, getattr(args, name) or default)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    step_arguments(parser, "the tiny test transformer, fp32 on the CPU")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--peak-tflops", type=float, help=f"device peak (default: H100 bf16 {H100_BF16_PEAK_TFLOPS})")
     args = parser.parse_args()
-
     cpu = args.tiny or not torch.cuda.is_available()
     accelerator = Accelerator(cpu=cpu, mixed_precision="no" if args.tiny else "bf16")
     device = accelerator.device
     dtype = torch.float32 if args.tiny else torch.bfloat16
-    frames, height, width = (args.frames or (9 if args.tiny else 81)), args.height, args.width
-    height, width = height or (32 if args.tiny else 480), width or (32 if args.tiny else 832)
+    fill_step_defaults(args)
+    frames, height, width = args.frames, args.height, args.width
     cuda = device.type == "cuda"
 
     started = time.perf_counter()
