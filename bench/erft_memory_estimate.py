@@ -42,6 +42,7 @@ from erft_step import (
     real_transformer,
     step_arguments,
     step_inputs,
+    ways_to_free_memory,
 )
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -199,9 +200,8 @@ def main() -> None:
         print(f"fits in {args.gpu_gib:.0f} GiB with {spare:.1f} GiB left for the allocator's slack and CUDA's own")
     else:
         print(
-            f"does not fit in {args.gpu_gib:.0f} GiB by {-spare:.1f} GiB: gradient checkpointing if it is off, "
-            f"fewer frames (activations grow with the {tokens} tokens), DeepSpeed ZeRO-2 over several GPUs "
-            f"(shards the {breakdown['AdamW'] + breakdown['LoRA grads']:.1f} GiB of AdamW moments and gradients)"
+            f"does not fit in {args.gpu_gib:.0f} GiB by {-spare:.1f} GiB. "
+            + ways_to_free_memory(breakdown, peak - resident, tokens, args.checkpointing)
         )
     if args.out:
         figures = {

@@ -159,6 +159,21 @@ def fill_step_defaults(args: argparse.Namespace) -> None:
         setattr(args, name, getattr(args, name) or default)
 
 
+def ways_to_free_memory(breakdown: dict[str, float], activations: float, tokens: int, checkpointing: bool) -> str:
+    """What would bring a step that does not fit under the GPU's memory, with the GiB each part takes."""
+    options = [] if checkpointing else ["gradient checkpointing (off here)"]
+    optimizer_share = breakdown["AdamW"] + breakdown["LoRA grads"]
+    options += [
+        f"fewer frames or a smaller size (the {activations:.1f} GiB of activations grow with the {tokens} tokens: "
+        "rerun with --frames to see)",
+        f"DeepSpeed ZeRO-2 over N GPUs (docs/deepspeed-zero2.json: the {optimizer_share:.1f} GiB of AdamW moments "
+        "and gradients / N)",
+        f"sharding the {breakdown['frozen weights']:.1f} GiB of frozen weights too (ZeRO-3 or FSDP; no config for "
+        "it in docs/, not tried with this trainer), or fp8 base weights (half of it)",
+    ]
+    return "What frees memory: " + "; ".join(options)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     step_arguments(parser, "the tiny test transformer, fp32 on the CPU")
@@ -239,12 +254,9 @@ def main() -> None:
         spare = total - reserved
         print(f"fits: {spare:.1f} GiB to spare (raw mode adds UMT5-XXL ≈ 10.6 GiB in bf16, VAE and CLIP ≈ 2 GiB)")
     else:
-        over = reserved - total
-        optimizer_share = breakdown["AdamW"] + breakdown["LoRA grads"]
         print(
-            f"does not fit by {over:.1f} GiB. Options: DeepSpeed ZeRO-2 over N GPUs shards AdamW and gradients "
-            f"({optimizer_share:.1f} GiB → {optimizer_share:.1f}/N); gradient checkpointing if it is off; "
-            "fewer frames (activations scale with tokens); fp8 base weights (halve the frozen weights)"
+            f"does not fit by {reserved - total:.1f} GiB. "
+            + ways_to_free_memory(breakdown, activations, tokens, args.checkpointing)
         )
 
 

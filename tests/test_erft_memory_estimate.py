@@ -89,3 +89,12 @@ def test_real_size_forward_flops_match_the_analytical_count(estimate):
     with fake_mode:
         counted = estimate["forward_flops"](model, inputs, torch.bfloat16)
     assert counted / 1e15 == pytest.approx(1.686 * 1.0198, rel=5e-3)
+
+
+def test_a_step_that_does_not_fit_says_what_would_free_memory(estimate, monkeypatch, capsys):
+    argv = ["erft_memory_estimate.py", "--tiny", "--no-checkpointing", "--gpu-gib", "1e-6"]
+    monkeypatch.setattr(sys, "argv", argv)
+    estimate["main"]()
+    verdict = capsys.readouterr().out.splitlines()[-1]
+    assert verdict.startswith("does not fit in 0 GiB by")
+    assert "gradient checkpointing (off here)" in verdict and "ZeRO-2" in verdict and "fewer frames" in verdict
