@@ -34,6 +34,7 @@ from accelerate.state import AcceleratorState
 from diffusers import WanTransformer3DModel
 from erft_step import (
     GIB,
+    H100_BF16_PEAK_TFLOPS,
     WAN21_I2V_14B,
     attention_flop_formulas,
     fill_step_defaults,
@@ -57,7 +58,6 @@ from svi_model.erft.step import ErftStep, StepInputs
 from svi_model.tiny import tiny_components
 
 H100_USABLE_GIB = 78.0  # what the lent H100 offers, per the device tool's README
-BF16_PEAK_TFLOPS = 989.4  # H100 SXM dense bf16
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -193,8 +193,8 @@ def main() -> None:
         f"FLOPs per step: {step_flops / 1e15:.3f} PFLOP counted (hardware), {model_flops / 1e15:.3f} PFLOP "
         f"without the recomputed forward (model); forward {forward / 1e15:.3f} PFLOP"
     )
-    floor = step_flops / (BF16_PEAK_TFLOPS * 1e12)
-    print(f"lower bound at 100% of the H100's {BF16_PEAK_TFLOPS} bf16 TFLOP/s: {floor:.1f} s per step")
+    floor = step_flops / (H100_BF16_PEAK_TFLOPS * 1e12)
+    print(f"lower bound at 100% of the H100's {H100_BF16_PEAK_TFLOPS} bf16 TFLOP/s: {floor:.1f} s per step")
     spare = args.gpu_gib - peak
     if spare >= 0:
         print(f"fits in {args.gpu_gib:.0f} GiB with {spare:.1f} GiB left for the allocator's slack and CUDA's own")

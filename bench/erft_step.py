@@ -49,7 +49,7 @@ WAN21_I2V_14B = dict(
     added_kv_proj_dim=5120,
     rope_max_seq_len=1024,
 )
-H100_BF16_PEAK_TFLOPS = 989.0  # dense, SXM
+H100_BF16_PEAK_TFLOPS = 989.4  # dense, SXM (NVIDIA spec)
 CLIP_TOKENS = 257  # ViT-H/14 at 224 px; the transformer takes any count, so the tiny model gets as many
 GIB = 2**30
 
