@@ -28,27 +28,13 @@ from svi_model.erft.error_bank import ErrorBank, grid_sigmas
 from svi_model.erft.lora_training import add_training_lora
 from svi_model.erft.recycling import ErrorRecycler, RecyclingSettings
 from svi_model.erft.step import ErftStep, StepInputs
-from svi_model.sampler import mask_and_latents, predict_velocity
+from svi_model.loading import transformer_config_of_original
+from svi_model.sampler import TEXT_TOKENS, mask_and_latents, predict_velocity
 from svi_model.tiny import tiny_components
 
-# diffusers' config of Wan2.1-I2V-14B-480P's transformer (16.4 B parameters).
-WAN21_I2V_14B = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,
-    in_channels=36,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    num_layers=40,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    image_dim=1280,
-    added_kv_proj_dim=5120,
-    rope_max_seq_len=1024,
-)
+# Wan2.1-I2V-14B-480P's transformer (16.4 B parameters) as the model loader builds it; Wan hard-codes CLIP
+# ViT-H's width (1280) instead of configuring it.
+WAN21_I2V_14B = transformer_config_of_original({}) | {"image_dim": 1280}
 H100_BF16_PEAK_TFLOPS = 989.4  # dense, SXM (NVIDIA spec)
 CLIP_TOKENS = 257  # ViT-H/14 at 224 px; the transformer takes any count, so the tiny model gets as many
 GIB = 2**30
@@ -83,7 +69,7 @@ def step_inputs(model: WanTransformer3DModel, frames: int, height: int, width: i
     return StepInputs(
         latents=random(*latent).to(device),
         condition_latents=random(*latent).to(device),
-        text=random(1, 512, config.text_dim).to(device, dtype),
+        text=random(1, TEXT_TOKENS, config.text_dim).to(device, dtype),
         clip_tokens=random(1, CLIP_TOKENS, config.image_dim).to(device, dtype),
     )
 

@@ -229,8 +229,9 @@ def _model_from_state(model_class, config: dict, state: dict, source: Path) -> t
     return model
 
 
-def _transformer_config(original: dict) -> dict:
-    """diffusers `WanTransformer3DModel` config for an original Wan `config.json`, less `image_dim` (I2V only)."""
+def transformer_config_of_original(original: dict) -> dict:
+    """diffusers `WanTransformer3DModel` config for an original Wan `config.json` (`{}`: Wan2.1-I2V-14B's), less
+    `image_dim`, which Wan does not configure. Keys left out take diffusers' defaults, which are Wan's."""
     if original.get("model_type", "i2v") != "i2v":
         raise ModelFolderError(
             f"the DiT is a {original['model_type']!r} model; SVI needs the image-to-video one (model_type 'i2v')"
@@ -253,7 +254,7 @@ def _transformer_config(original: dict) -> dict:
 def _original_transformer(folder: Path, dtype: torch.dtype) -> WanTransformer3DModel:
     """The DiT of an original-layout folder: every shard of its index, renamed by diffusers' own converter."""
     original = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    config = _transformer_config(original)
+    config = transformer_config_of_original(original)
     index = folder / ORIGINAL_DIT_INDEX
     state = {}
     for shard in _indexed_shards(index):
