@@ -111,8 +111,9 @@ def tiny_transformer_config() -> dict:
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
-def clean_step(inputs: StepInputs, sigma: float) -> tuple[PreparedStep, torch.Tensor]:
-    """A step's injected inputs when nothing is injected (same shapes as any other), and its grid index `[1]`."""
+def clean_step(inputs: StepInputs, sigma: float) -> tuple[PreparedStep, torch.Tensor, torch.Tensor]:
+    """A step's injected inputs when nothing is injected (same shapes as any other), its σ `[1]` and grid
+    index `[1]`."""
     noise = torch.randn_like(inputs.latents)
     prepared = PreparedStep(
         noisy_latents=(1 - sigma) * inputs.latents + sigma * noise,
@@ -121,7 +122,7 @@ def clean_step(inputs: StepInputs, sigma: float) -> tuple[PreparedStep, torch.Te
         clean=True,
         grid=torch.zeros(1, dtype=torch.int64),
     )
-    return prepared, torch.tensor([500])
+    return prepared, torch.tensor([sigma]), torch.tensor([500])
 
 
 def lora_training_step(

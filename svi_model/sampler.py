@@ -24,8 +24,8 @@ SVI_NEGATIVE_PROMPT = (
     "drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy "
     "background, three legs, many people in the background, walking backwards"
 )
-# diffusers' attention splits image tokens from text tokens by this hard-coded text length.
 TEXT_CACHE_SIZE = 64  # prompts whose embeddings stay cached
+# diffusers' attention splits image tokens from text tokens by this hard-coded text length.
 TEXT_TOKENS = 512
 # OpenAI CLIP normalisation, used when the model folder's image processor does not say otherwise.
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -25,7 +25,6 @@ from ..schedule import shifted_sigmas
 
 log = logging.getLogger(__name__)
 
-# The distance search converts stored errors to float32 this many bytes at a time, not a whole 2-GB grid at once.
 REFINED_CANDIDATES = 8  # rows whose distance is measured exactly after the fast ranking
 
 

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 
 from ..sampler import mask_and_latents, predict_velocity
 from .dataset import derived_seed
-from .loss import timestep_weights, training_sigmas, weighted_mse
+from .loss import timestep_weights, training_sigmas, velocity_target, weighted_mse
 from .recycling import ErrorRecycler, PreparedStep
 
 
@@ -68,7 +68,7 @@ class ErftStep:
         index = torch.randint(len(self.sigmas), (inputs.latents.shape[0],), generator=generator)
         sigma = self.sigmas[index].to(device, torch.float32)
         prepared = self.recycler.prepare(inputs.latents, noise, inputs.condition_latents, sigma)
-        velocity, target, loss, grad_norm = self.update(inputs, prepared, index)
+        velocity, target, loss, grad_norm = self.update(inputs, prepared, sigma, index)
         self.recycler.recycle(velocity.detach(), target, sigma, prepared, step)
         record = {
             "step": step + 1,
@@ -80,23 +80,22 @@ class ErftStep:
         return record, prepared
 
     def update(
-        self, inputs: StepInputs, prepared: PreparedStep, index: torch.Tensor
+        self, inputs: StepInputs, prepared: PreparedStep, sigma: torch.Tensor, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The step's work on the training device: DiT forward, loss, backward, clipping, AdamW update.
 
-        index: int64 `[B]`, each sample's position on the training grid (its σ and loss weight). Returns the
+        sigma: float32 `[B]` on the device, each sample's σ; index: int64 `[B]`, its position on the training grid
+        (for the loss weight). Returns the
         predicted velocity and the target, float32 `[B, 16, T, h, w]`, the loss (a scalar) and the gradient norm
         before clipping (None under DeepSpeed). Kept apart from the host-side drawing and banking so that
         `bench/erft_memory_estimate.py` can run exactly this on fake tensors.
         """
-        device = self.accelerator.device
-        sigma = self.sigmas[index].to(device, torch.float32)
         model_input = torch.cat([prepared.noisy_latents, mask_and_latents(prepared.condition_latents)], dim=1)
         velocity = predict_velocity(
             self.model, model_input.to(self.dtype), 1000.0 * sigma, inputs.text, inputs.clip_tokens
         ).float()
-        target = prepared.noise.float() - inputs.latents
-        loss = weighted_mse(velocity, target, self.weights[index].to(device))
+        target = velocity_target(inputs.latents, prepared.noise)
+        loss = weighted_mse(velocity, target, self.weights[index].to(self.accelerator.device))
         self.accelerator.backward(loss)
         grad_norm = self.accelerator.clip_grad_norm_(self.parameters, self.max_grad_norm)
         self.optimizer.step()

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -110,7 +111,6 @@ class TrainConfig(BaseModel):
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
         self.clip_settings()
-        self.recycling_settings()
         if self.recycling_settings().handcrafted_augmentation and self.data.latent_cache is not None:
             raise ValueError(
                 "recycling.handcrafted_augmentation degrades the motion frames before encoding, so it needs raw mode: "
@@ -138,6 +138,10 @@ class TrainConfig(BaseModel):
             return RecyclingSettings.preset(self.recipe, self.mode, **self.recycling)
         except (TypeError, ValueError) as error:
             raise ValueError(f"recycling: {error}") from error
+
+    def dtype(self) -> torch.dtype:
+        """The base weights' and embeddings' dtype: bfloat16 under bf16 mixed precision, else float32."""
+        return torch.bfloat16 if self.mixed_precision == "bf16" else torch.float32
 
     def optimizer_learning_rate(self) -> float:
         return self.learning_rate if self.learning_rate is not None else LEARNING_RATES[self.recipe]

@@ -101,8 +101,10 @@ class _Run:
         self.config = config
         self.checkpoints = CheckpointFolder(config.output_dir / "checkpoints", config.keep_checkpoints)
         self.resume_from = self._checkpoint_to_resume()
-        if config.data.videos is not None:
-            read_video_index(config.data.videos, config.data.missing_caption)  # bad data fails before the model loads
+        # Read once, here: bad data fails before the model loads.
+        self.videos = (
+            None if config.data.videos is None else read_video_index(config.data.videos, config.data.missing_caption)
+        )
         # accelerate keeps one mixed-precision setting per process; a long-lived process (a served flow) may train
         # runs with different ones. The distributed state (PartialState) is kept.
         AcceleratorState._reset_state()
@@ -114,7 +116,7 @@ class _Run:
             project_dir=str(config.logs()),
         )
         self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
-        self.dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float32
+        self.dtype = config.dtype()
 
     def _checkpoint_to_resume(self) -> Path | None:
         resume, latest = self.config.resume, self.checkpoints.latest()
@@ -147,12 +149,11 @@ class _Run:
         pipe = cpu_pipeline(config) if config.data.videos is not None else None
         sampler = encoders_on(pipe, accelerator.device) if pipe is not None else None
         if config.data.latent_cache is None:
-            items = read_video_index(config.data.videos, config.data.missing_caption)
-            dataset = ClipDataset(items, config.clip_settings(), seed=config.seed)
+            dataset = ClipDataset(self.videos, config.clip_settings(), seed=config.seed)
             self.clips = TrainingClips(dataset, sampler, config.recycling_settings().handcrafted_augmentation)
         else:
             if sampler is not None:
-                build_training_cache(config, sampler)
+                build_training_cache(config, self.videos, sampler)
             dataset = LatentCacheDataset(config.data.latent_cache)
             if dataset.settings != config.clip_settings():
                 raise TrainConfigError(

@@ -18,7 +18,7 @@ from ..conditioning import unit_range
 from ..loading import load_wan_pipeline
 from ..sampler import ClipSampler
 from .augmentation import augment_condition_frames
-from .dataset import ClipDataset, DatasetError, TrainingSample, derived_seed, read_video_index
+from .dataset import ClipDataset, DatasetError, TrainingSample, VideoItem, derived_seed, read_video_index
 from .latent_cache import CacheBuild, EncodedSample, LatentCacheDataset, build_latent_cache, encode_sample
 from .step import StepInputs
 from .train_config import TrainConfig
@@ -74,7 +74,7 @@ class TrainingClips:
 
 def cpu_pipeline(config: TrainConfig) -> WanImageToVideoPipeline:
     """The model folder's pipeline on the CPU, the transformer and UMT5 in the training dtype (bf16 or fp32)."""
-    dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float32
+    dtype = config.dtype()
     return load_wan_pipeline(config.model, device="cpu", transformer_dtype=dtype, text_encoder_dtype=dtype)
 
 
@@ -89,24 +89,25 @@ def prepare_latent_cache(config: TrainConfig) -> CacheBuild:
     """Load the model folder's encoders and build `config`'s latent cache: a cache job on its own (e.g. a flow
     task before training). Under a multi-process launcher each process encodes its share on its own GPU."""
     state = PartialState(cpu=not torch.cuda.is_available())
-    return build_training_cache(config, encoders_on(cpu_pipeline(config), state.device))
+    items = read_video_index(config.data.videos, config.data.missing_caption)
+    return build_training_cache(config, items, encoders_on(cpu_pipeline(config), state.device))
 
 
-def build_training_cache(config: TrainConfig, sampler: ClipSampler) -> CacheBuild:
-    """Encode `config.data.videos` into `config.data.latent_cache` (resumable: existing samples are kept).
+def build_training_cache(config: TrainConfig, items: list[VideoItem], sampler: ClipSampler) -> CacheBuild:
+    """Encode `items` (the index of `config.data.videos`) into `config.data.latent_cache` (resumable: existing
+    samples are kept).
 
     Under several processes each first encodes its share (the main one shows its progress); then every process
     goes over all samples, which only reads them back, and writes the same index. Raises DatasetError if the
     dataset has no video, or no video could be read.
     """
     state = PartialState(cpu=not torch.cuda.is_available())
-    items = read_video_index(config.data.videos, config.data.missing_caption)
     options = dict(
         settings=config.clip_settings(),
         samples_per_video=config.data.samples_per_video,
         seed=config.seed,
         latent_dtype=torch.float32,
-        embedding_dtype=torch.bfloat16 if config.mixed_precision == "bf16" else torch.float32,
+        embedding_dtype=config.dtype(),
     )
     folder = config.data.latent_cache
     alone = state.num_processes == 1
