@@ -27,19 +27,19 @@ from prefect.artifacts import (
 from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
-from flows.task_results import RESULTS, content_digest
+from flows.task_results import RESULTS
 from pipeline.assemble import assemble_run, join_run_chapters
 from pipeline.cache_folder import clip_store_folder
 from pipeline.engines import EngineSpec
-from pipeline.file_hashes import file_sha256
+from pipeline.file_hashes import content_digest, file_sha256
 from pipeline.film_request import FilmRequest, read_run_request
 from pipeline.prompt_files import read_prompt_file
 from pipeline.reference import normalise_reference
 from pipeline.retrieve import RetrieveRequest, choose_references, retrieve_images
-from pipeline.run_folder import RunFolder, clear_run, load_reference_png, load_state
+from pipeline.run_folder import RunFolder, clear_run
 from pipeline.storyline import Storyline, StorylineRequest, save_storyline, write_storyline
 from pipeline.storyline_qwen import release_qwen
-from pipeline.synthesize import ClipStore, clip_key, synthesize_clip
+from pipeline.synthesize import ClipStore, run_clip_key, synthesize_clip
 from svi_model.atomic_files import atomic_path, write_text_atomic
 from svi_model.recipes import FilmSettings
 from svi_model.tiny import save_tiny_model
@@ -141,12 +141,6 @@ def _clip_task_key(context, parameters) -> str:
     return "clip-" + parameters["key"]
 
 
-def _clip_key(run_dir: Path, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float) -> str:
-    run = RunFolder(run_dir)
-    previous = load_state(run.state(k - 1)) if k > 0 else None
-    return clip_key(k, settings, prompts, engine, load_reference_png(run.reference), previous, fps)
-
-
 @task(
     name="clip",
     task_run_name="clip-{k:04d}",
@@ -159,10 +153,12 @@ def render_clip(
 ) -> dict:
     """Clip k into the run folder (from the clip store when it was made before), with a bar over its steps.
 
-    `key` is the clip's content key (`_clip_key`), computed once by the flow; it is the task's cache key.
+    `key` is the clip's content key (`run_clip_key`), computed once by the flow; it is the task's cache key.
     """
     with tqdm(total=settings.steps, desc=f"clip {k}", unit="step", leave=False) as bar:
-        result = synthesize_clip(RunFolder(run_dir), k, settings, prompts, engine, fps, on_step=lambda *_: bar.update())
+        result = synthesize_clip(
+            RunFolder(run_dir), k, settings, prompts, engine, fps, on_step=lambda *_: bar.update(), key=key
+        )
     get_run_logger().info("clip %d %s (key %s…)", k, "reused" if result.reused else "rendered", result.key[:12])
     return {"k": k, "key": result.key, "reused": result.reused}
 
@@ -329,7 +325,7 @@ def _render_chapter(
     start = time.perf_counter()
     store = ClipStore(clip_store_folder())
     for k in range(request.clips):
-        key = _clip_key(run.root, k, settings, prompt_stream, engine, request.fps)
+        key = run_clip_key(run, k, settings, prompt_stream, engine, request.fps)
         # A cached result is only as good as the stored clip: without it, render again.
         result = render_clip.with_options(refresh_cache=not store.has(key), tags=_clip_tags())(
             run.root, k, settings, prompt_stream, engine, request.fps, key

@@ -25,8 +25,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from flows.task_results import RESULTS, content_digest
+from flows.film import GPU_TAG
+from flows.task_results import RESULTS
 from pipeline.engines import folder_fingerprint
+from pipeline.file_hashes import content_digest
 from svi_model.erft.train_config import TrainConfig
 from svi_model.erft.trainer import StepReport, TrainResult, train
 from svi_model.erft.training_data import prepare_latent_cache
@@ -61,7 +63,7 @@ def _latent_cache_key(context, parameters) -> str:
     return "latent-cache-" + content_digest(fields)
 
 
-@task(name="latent-cache", tags=["gpu"], cache_key_fn=_latent_cache_key, persist_result=True, result_storage=RESULTS)
+@task(name="latent-cache", tags=[GPU_TAG], cache_key_fn=_latent_cache_key, persist_result=True, result_storage=RESULTS)
 def latent_cache(config: TrainConfig) -> dict:
     """Encode the dataset's clips once with the frozen encoders; returns what was written, reused and skipped."""
     build = prepare_latent_cache(config)
@@ -69,7 +71,7 @@ def latent_cache(config: TrainConfig) -> dict:
     return {"written": build.written, "reused": build.reused, "skipped": build.skipped}
 
 
-@task(name="train-lora", tags=["gpu"])
+@task(name="train-lora", tags=[GPU_TAG])
 def train_lora(config: TrainConfig) -> TrainResult:
     """The training run, resumed from its newest checkpoint if it has one; progress shows in the UI."""
     bar = create_progress_artifact(progress=0.0, key="erft-progress", description="ERFT steps done")

@@ -1,6 +1,8 @@
-"""`file_sha256`: the content hash every stage records (inputs, LoRAs, clips, films), remembered per file version."""
+"""Content hashes: `file_sha256`, what every stage records of its files (inputs, LoRAs, clips, films), remembered
+per file version; `content_digest`, of the JSON-able fields cache keys are made of."""
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -19,3 +21,8 @@ def file_sha256(path: str | os.PathLike) -> str:
                 digest.update(chunk)
         _hash_cache[key] = digest.hexdigest()
     return _hash_cache[key]
+
+
+def content_digest(fields: dict) -> str:
+    """SHA-256 of JSON-able `fields` (sorted keys; other values by their `str`)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

@@ -8,7 +8,6 @@ clip 3 changes the keys of clips 3, 4, … (each depends on the state before it)
 """
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from svi_model.sampler import StepCallback
 
 from .cache_folder import clip_store_folder
 from .engines import EngineSpec, load_engine
+from .file_hashes import content_digest
 from .run_folder import RunFolder, load_reference_png, load_state, save_state
 from .video_files import write_clip
 
@@ -59,7 +59,7 @@ def clip_key(
         "reference": tensor_digest({"reference": reference}),
         "previous": None if previous is None else tensor_digest(_state_tensors(previous)),
     }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return content_digest(fields)
 
 
 def _state_tensors(state: ChainState) -> dict[str, torch.Tensor]:
@@ -108,6 +108,18 @@ class ClipResult:
     reused: bool
 
 
+def _clip_inputs(run: RunFolder, k: int) -> tuple[torch.Tensor, ChainState | None]:
+    """What clip `k` of `run` starts from: the reference and clip k−1's stored state (None for clip 0)."""
+    if k > 0 and not run.state(k - 1).is_file():
+        raise FileNotFoundError(f"clip {k} needs clip {k - 1} first: {run.state(k - 1)} is missing")
+    return load_reference_png(run.reference), load_state(run.state(k - 1)) if k > 0 else None
+
+
+def run_clip_key(run: RunFolder, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float):
+    """The content key of clip `k` of `run`, from the files it starts from."""
+    return clip_key(k, settings, prompts, engine, *_clip_inputs(run, k), fps)
+
+
 def synthesize_clip(
     run: RunFolder,
     k: int,
@@ -117,14 +129,15 @@ def synthesize_clip(
     fps: float = 16,
     store: ClipStore | None = None,
     on_step: StepCallback | None = None,
+    key: str | None = None,
 ) -> ClipResult:
-    """Make clip `k` of `run` from its reference and clip k−1's stored state; reuse it if it was made before."""
+    """Make clip `k` of `run` from its reference and clip k−1's stored state; reuse it if it was made before.
+
+    key: the clip's `run_clip_key` when the caller has it already (the flow's cache key); else computed here.
+    """
     store = store or ClipStore(clip_store_folder())
-    reference = load_reference_png(run.reference)
-    if k > 0 and not run.state(k - 1).is_file():
-        raise FileNotFoundError(f"clip {k} needs clip {k - 1} first: {run.state(k - 1)} is missing")
-    previous = load_state(run.state(k - 1)) if k > 0 else None
-    key = clip_key(k, settings, prompts, engine, reference, previous, fps)
+    reference, previous = _clip_inputs(run, k)
+    key = key or clip_key(k, settings, prompts, engine, reference, previous, fps)
     reused = store.has(key)
     if not reused:
         renderer = FilmRenderer(load_engine(engine), settings, reference, prompts)
