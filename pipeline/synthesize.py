@@ -115,7 +115,9 @@ def _clip_inputs(run: RunFolder, k: int) -> tuple[torch.Tensor, ChainState | Non
     return load_reference_png(run.reference), load_state(run.state(k - 1)) if k > 0 else None
 
 
-def run_clip_key(run: RunFolder, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float):
+def run_clip_key(
+    run: RunFolder, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float
+) -> str:
     """The content key of clip `k` of `run`, from the files it starts from."""
     return clip_key(k, settings, prompts, engine, *_clip_inputs(run, k), fps)
 

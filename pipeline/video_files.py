@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import imageio_ffmpeg
 import numpy as np
 import torch
 from moviepy import VideoClip, VideoFileClip, concatenate_videoclips, vfx
 
 from svi_model.atomic_files import atomic_path
+from svi_model.erft.dataset import probe_video
 from svi_model.recipes import FilmSettings
 
 
@@ -161,13 +161,6 @@ def write_film(
     return len(frames)
 
 
-def _frame_count(path: Path) -> int:
-    """Frames in a video file, exactly (moviepy derives it from a duration rounded to 10 ms)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return stream.frames or sum(1 for _ in container.decode(stream))
-
-
 def join_chapters(
     films: Sequence[Path], out: Path, crossfade_s: float = 1.0, preset: str = "medium", progress: bool = True
 ) -> Path:
@@ -191,7 +184,8 @@ def join_chapters(
         # and the joined film's length is set to the frame count so float rounding cannot drop its last frame.
         fps = chapters[0].fps
         overlap = round(crossfade_s * fps)
-        counts = [_frame_count(film) for film in films]
+        # Counted from the container: moviepy derives a frame count from a duration rounded to 10 ms.
+        counts = [probe_video(film).frame_count for film in films]
         timed = [chapter.with_duration(count / fps) for chapter, count in zip(chapters, counts, strict=True)]
         faded = [timed[0], *(chapter.with_effects([vfx.CrossFadeIn(overlap / fps)]) for chapter in timed[1:])]
         joined = concatenate_videoclips(faded, method="compose", padding=-overlap / fps, bg_color=(0, 0, 0))
