@@ -287,6 +287,13 @@ def _pretrained(loader, root: Path, name: str, **kwargs):
         return loader.from_pretrained(root, subfolder=name, local_files_only=True, **kwargs)
 
 
+def _transformer(folder: Path, layout: str, dtype: torch.dtype) -> WanTransformer3DModel:
+    """The DiT of a checked folder of `layout` ("diffusers" or "original"), in `dtype`."""
+    if layout == "original":
+        return _original_transformer(folder, dtype)
+    return _pretrained(WanTransformer3DModel, folder, "transformer", torch_dtype=dtype)
+
+
 # ---- the pipeline ---------------------------------------------------------------------------------------------------
 
 
@@ -309,9 +316,7 @@ def load_wan_transformer(folder: str | os.PathLike, dtype: torch.dtype = torch.b
         raise _not_a_model_folder(folder)
     if missing:
         raise ModelFolderError(f"the DiT in {folder} is incomplete. Missing: {_listed(missing)}. {NOTHING_DOWNLOADED}")
-    if original:
-        return _original_transformer(folder, dtype).eval()
-    return _pretrained(WanTransformer3DModel, folder, "transformer", torch_dtype=dtype).eval()
+    return _transformer(folder, "original" if original else "diffusers", dtype).eval()
 
 
 def load_wan_pipeline(
@@ -343,11 +348,10 @@ def load_wan_pipeline(
     components = Path(components_folder).expanduser() if components_folder is not None else None
     layout = _checked_layout(folder, components)
 
+    transformer = _transformer(folder, layout, transformer_dtype)
     if layout == "diffusers":
-        transformer = _pretrained(WanTransformer3DModel, folder, "transformer", torch_dtype=transformer_dtype)
         vae = _pretrained(AutoencoderKLWan, folder, "vae", torch_dtype=vae_dtype)
     else:
-        transformer = _original_transformer(folder, transformer_dtype)
         vae = _original_vae(folder, vae_dtype)
 
     def root(name: str) -> Path:
