@@ -1,10 +1,11 @@
-"""Atomic file writes: a crash never leaves a half-written file that looks whole.
+"""Atomic file and folder writes: a crash never leaves a half-written file or folder that looks whole.
 
 The content goes to a temporary file in the destination's own folder (so the final rename stays on one file
 system), is flushed and fsynced, and only then replaces the destination in one `os.replace`.
 """
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,3 +50,16 @@ def write_text_atomic(destination: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `destination` atomically."""
     with atomic_path(destination) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def replace_folder(staged: Path, final: Path) -> None:
+    """Make the finished folder `staged` durable (every file fsynced), then put it in place of `final` by a rename
+    on the same file system. A crash before the rename leaves `final` as it was; `final` is never half written."""
+    for path in staged.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    staged.rename(final)
+    _fsync_folder(final.parent)

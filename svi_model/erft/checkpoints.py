@@ -12,13 +12,12 @@ crash leaves either the previous checkpoints or the new one, never a folder that
 """
 
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..atomic_files import _fsync_folder, write_text_atomic
+from ..atomic_files import replace_folder, write_text_atomic
 
 STATE_FILE = "trainer_state.json"
 ADAPTER_FILE = "lora_adapter.safetensors"
@@ -90,15 +89,8 @@ class CheckpointFolder:
 
     def commit(self, step: int) -> Path:
         """Make the partial checkpoint of `step` durable and complete, then drop all but the newest `keep`."""
-        partial, final = self.partial(step), self.path(step)
-        for path in partial.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
-        _fsync_folder(self.root)
+        final = self.path(step)
+        replace_folder(self.partial(step), final)
         for old in self.steps()[: -self.keep]:
             shutil.rmtree(self.path(old))
         return final

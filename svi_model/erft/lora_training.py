@@ -22,6 +22,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from ..atomic_files import replace_folder
 from ..lora_files import SVI_LORA_TARGETS, LoraFileError, lora_from_peft, save_lora_file
 
 ADAPTER = "default"
@@ -88,7 +89,7 @@ def save_released_lora(transformer: nn.Module, path: Path, metadata: dict[str, s
 def save_diffusers_lora(transformer: nn.Module, folder: Path) -> None:
     """The adapter in diffusers' layout: `folder/pytorch_lora_weights.safetensors`, the LoRA config in its header.
 
-    Written into a temporary folder beside `folder` that then replaces it, so `folder` is never half written.
+    Written into a temporary folder beside `folder` that then replaces it (`replace_folder`).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +101,6 @@ def save_diffusers_lora(transformer: nn.Module, folder: Path) -> None:
             weight_name=DIFFUSERS_WEIGHTS,
             transformer_lora_adapter_metadata=transformer.peft_config[ADAPTER].to_dict(),
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        temporary.rename(folder)
+        replace_folder(temporary, folder)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
