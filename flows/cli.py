@@ -123,6 +123,7 @@ def _generate(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from flows.film import film
     from pipeline.film_request import FilmRequest
+    from pipeline.run_folder import RunFolder
 
     print(
         "DEMO: keywords -> bundled picture -> template storyline -> tiny RANDOM weights (built offline) -> film. "
@@ -131,9 +132,9 @@ def _demo(args: argparse.Namespace) -> None:
         flush=True,
     )
     path = film(FilmRequest(keywords=args.keywords, clips=args.clips, run_dir=args.run_dir))
-    print(f"wrote {path}")
-    for made in ("film.srt", "storyboard.png", "manifest.json", "storyline.yaml"):
-        print(f"wrote {path.parent / made}")
+    run = RunFolder(path.parent)
+    for made in (run.film, run.subtitles, run.storyboard, run.manifest, run.storyline):
+        print(f"wrote {made}")
 
 
 def _add_film_arguments(parser: argparse.ArgumentParser) -> None:

@@ -45,11 +45,12 @@ FONT_SIZE = 13
 
 def assemble_film(run_dir: Path) -> Path:
     """`assemble_run`; for a film in chapters, every chapter's, then `join_run_chapters`."""
-    request = read_run_request(RunFolder(run_dir))
+    run = RunFolder(Path(run_dir))
+    request = read_run_request(run)
     if request.chapter_count() == 1:
         return assemble_run(run_dir)
     for index in range(request.chapter_count()):
-        assemble_run(request.chapter_dir(index))
+        assemble_run(run.chapter(index).root)
     return join_run_chapters(run_dir)
 
 
@@ -62,7 +63,7 @@ def join_run_chapters(run_dir: Path) -> Path:
     """
     run = RunFolder(Path(run_dir))
     request = read_run_request(run)
-    chapters = [RunFolder(request.chapter_dir(index)) for index in range(request.chapter_count())]
+    chapters = [run.chapter(index) for index in range(request.chapter_count())]
     manifests = [json.loads(chapter.manifest.read_text(encoding="utf-8")) for chapter in chapters]
     join_chapters([chapter.film for chapter in chapters], run.film, request.crossfade_s)
 
