@@ -201,10 +201,6 @@ class ClipSampler:
         """The DiT's predicted velocity `[1, 16, T, h, w]` for one text condition."""
         return predict_velocity(self.pipe.transformer, model_input, t.expand(1), text_embeds, image_embeds)
 
-    def mask_and_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """The transformer's 20 condition channels `[20, T, h, w]`: the first-frame mask, then the latents."""
-        return mask_and_latents(latents)
-
     @torch.no_grad()
     def render(
         self,
@@ -218,7 +214,7 @@ class ClipSampler:
         """One clip: denoise under `condition`, decode in the VAE's dtype, truncate to uint8."""
         negative = self.text_embeddings(self.negative_prompt) if guidance_scale > 1.0 else None
         latents = self.denoise(
-            self.mask_and_latents(condition.latents),
+            mask_and_latents(condition.latents),
             self.image_embeddings(condition.clip_frame),
             self.text_embeddings(prompt),
             negative,

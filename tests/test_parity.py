@@ -14,7 +14,7 @@ from PIL import Image
 
 from svi_model.chain import FilmRenderer
 from svi_model.recipes import preset
-from svi_model.sampler import ClipSampler
+from svi_model.sampler import ClipSampler, mask_and_latents
 from svi_model.schedule import SVIFlowMatchScheduler
 from svi_model.tiny import tiny_components
 
@@ -52,7 +52,7 @@ def svi_video() -> torch.Tensor:
     settings = preset("tom", num_frames=FRAMES, steps=STEPS)  # m=1, zero padding
     condition = FilmRenderer(sampler, settings, frame(), [PROMPT]).condition(0, None)
     latents = sampler.denoise(
-        sampler.mask_and_latents(condition.latents),
+        mask_and_latents(condition.latents),
         sampler.image_embeddings(condition.clip_frame),
         sampler.text_embeddings(PROMPT),
         sampler.text_embeddings(NEGATIVE),
