@@ -182,7 +182,7 @@ def main() -> None:
     model, optimizer = accelerator.prepare(model, optimizer)
     inputs = step_inputs(accelerator.unwrap_model(model), frames, height, width, device, dtype)
     error_shape = tuple(inputs.latents.shape[1:])
-    recycler = ErrorRecycler(RecyclingSettings.preset("released", "film"), error_shape, grid_sigmas(50), 0)
+    recycler = ErrorRecycler(RecyclingSettings.for_recipe("released", "film"), error_shape, grid_sigmas(50), 0)
     step = ErftStep(accelerator, model, optimizer, parameters, recycler, dtype, max_grad_norm=1.0, seed=0)
     tokens = math.prod(error_shape[1:]) // 4  # the DiT patchifies 1×2×2
     trainable, everything = sum(p.numel() for p in parameters), sum(p.numel() for p in model.parameters())

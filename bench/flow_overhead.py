@@ -38,17 +38,21 @@ def main() -> None:
     import torch
 
     from flows.film import film
-    from pipeline.engines import load_engine
-    from pipeline.film_request import FilmRequest
-    from pipeline.prompt_files import read_prompt_file
+    from pipeline.request import FilmRequest
     from pipeline.run_folder import RunFolder, load_reference_png, save_reference_png
-    from pipeline.synthesize import ClipStore, synthesize_clip
+    from pipeline.storyline import read_prompt_file
+    from pipeline.synthesize import ClipStore, load_engine, synthesize_clip
     from svi_model.chain import FilmRenderer
     from svi_model.tiny import save_tiny_model
 
     def request(run_dir: Path) -> FilmRequest:
         return FilmRequest(
-            clips=args.clips, frames=args.frames, steps=args.steps, width=args.width, run_dir=run_dir, overwrite=True
+            clips=args.clips,
+            num_frames=args.frames,
+            steps=args.steps,
+            max_width=args.width,
+            run_dir=run_dir,
+            overwrite=True,
         )
 
     engine = request(work / "flow").engine()
@@ -74,14 +78,13 @@ def main() -> None:
     flow_clip_s = json.loads(flow_run.manifest.read_text())["timings"]["synthesize"] / args.clips
     flow_model_s, model_s[0] = model_s[0] / args.clips, 0.0
 
-    settings = request(flow_run.root).settings()
-    prompts = read_prompt_file(flow_run.storyline)
+    job = request(flow_run.root).clip_job(read_prompt_file(flow_run.storyline))
     stage_run = RunFolder(work / "stage")
     save_reference_png(load_reference_png(flow_run.reference), stage_run.reference)
     store = ClipStore(work / "stage-store")
     start = time.perf_counter()
     for k in range(args.clips):
-        synthesize_clip(stage_run, k, settings, prompts, engine, store=store)
+        synthesize_clip(stage_run, k, job, store=store)
     stage_clip_s = (time.perf_counter() - start) / args.clips
     stage_model_s = model_s[0] / args.clips
 

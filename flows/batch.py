@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from prefect import flow
 
-from pipeline.film_request import FilmRequest
+from pipeline.request import FilmRequest
 
 from .film import film
 

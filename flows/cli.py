@@ -1,6 +1,6 @@
 """The `svi` command line.
 
-    svi generate --mode film --image frame.jpg --prompts story.txt --clips 10 --model weights/Wan2.1-I2V-14B-480P \
+    svi generate --mode film --images frame.jpg --prompts story.txt --clips 10 --model weights/Wan2.1-I2V-14B-480P \
                  --lora weights/svi-film-opt-10212025.safetensors --out film.mp4
     svi demo                 # the embedded default: `svi film` offline on the CPU with tiny random weights
     svi film --keywords "red ball" --clips 3 --run-dir runs/red-ball     # the Prefect flow (offline by default)
@@ -12,7 +12,8 @@
     svi train --config train.yaml   # Error-Recycling Fine-Tuning of an SVI LoRA (docs/train.yaml)
     svi cache [--clear]       # what $SVI_CACHE_DIR holds; free it (run folders keep their films and clips)
 
-Bad input ends with one `error:` line that names the input and what to do, and exit code 2.
+`svi film`, `svi prompts` and `svi generate` take one flag per field of the film request (`pipeline.request`),
+named as the field. Bad input ends with one `error:` line that names the input and what to do, and exit code 2.
 """
 
 import argparse
@@ -27,102 +28,20 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # small machine can outlast Prefect's default wait of 20 s.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
-
-def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    what = parser.add_argument_group("what to render")
-    what.add_argument("--mode", choices=["film", "shot", "tom", "pro"], default="film", help="SVI variant (preset)")
-    what.add_argument("--image", type=Path, required=True, help="the reference image (first frame)")
-    prompts = what.add_mutually_exclusive_group(required=True)
-    prompts.add_argument(
-        "--prompts", type=Path, help="prompt stream file: .txt (one per line), .yaml, or prompts = [...]"
-    )
-    prompts.add_argument("--prompt", action="append", help="a prompt (repeat the flag for a stream)")
-    what.add_argument("--clips", type=int, default=None, help="clips to render (default: one per prompt)")
-    what.add_argument("--out", type=Path, default=Path("film.mp4"), help="output MP4 (clips are kept in OUT.clips/)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", type=Path, required=True, help="local Wan2.1-I2V-14B-480P folder")
-    model.add_argument("--lora", type=Path, help="SVI LoRA .safetensors (e.g. svi-film-opt-10212025.safetensors)")
-    model.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength alpha (default 1)")
-    model.add_argument("--no-fuse", dest="fuse_lora", action="store_false", help="keep the LoRA as an adapter")
-    sampling = parser.add_argument_group("sampling (defaults: the preset's, i.e. the paper's)")
-    sampling.add_argument("--steps", type=int)
-    sampling.add_argument("--cfg", type=float, dest="guidance_scale")
-    sampling.add_argument("--seed", type=int, help="base seed; clip k uses seed*k (default 42)")
-    sampling.add_argument("--frames", type=int, dest="num_frames", help="frames per clip, 4k+1 (default 81)")
-    sampling.add_argument("--motion-frames", type=int, help="m: frames of the previous clip that condition the next")
-    sampling.add_argument("--padding", choices=["zeros", "reference"])
-    sampling.add_argument("--reference-count", type=int, help="reference padding: k references, then zeros")
-    sampling.add_argument("--prompt-mode", choices=["first", "stream"])
-    sampling.add_argument("--prompt-repeat", type=int, help="clips per prompt of the stream")
-    output = parser.add_argument_group("output and hardware")
-    output.add_argument("--fps", type=float, default=16)
-    output.add_argument("--max-width", type=int, default=832, help="the image is resized to at most this width")
-    output.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    output.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="DiT and T5 dtype")
-    output.add_argument("--offload", choices=["none", "model", "group"], default="none", help="for smaller GPUs")
-    output.add_argument("--vae-tiling", action="store_true", help="less VAE memory (slightly changes the output)")
-    output.add_argument("--overwrite", action="store_true", help="discard stored clips of a different request")
-
-
-_SETTING_FLAGS = (
-    "steps",
-    "guidance_scale",
-    "seed",
-    "num_frames",
-    "motion_frames",
-    "padding",
-    "reference_count",
-    "prompt_mode",
-    "prompt_repeat",
-)
-
-
-def _request_from(args: argparse.Namespace):
-    from pipeline.engines import EngineSpec
-    from pipeline.generate import GenerateRequest
-    from pipeline.prompt_files import read_prompt_file
-    from svi_model.recipes import preset
-
-    prompts = read_prompt_file(args.prompts) if args.prompts else args.prompt
-    overrides = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
-    settings = preset(args.mode, **overrides)
-    clips = args.clips if args.clips is not None else len(prompts) * settings.prompt_repeat
-    engine = dict(
-        model=args.model,
-        lora=args.lora,
-        lora_scale=args.lora_scale,
-        fuse_lora=args.fuse_lora,
-        dtype=args.dtype,
-        offload=args.offload,
-        vae_tiling=args.vae_tiling,
-    )
-    if args.device is not None:
-        engine["device"] = args.device
-    fields = dict(
-        image=args.image,
-        prompts=prompts,
-        clips=clips,
-        settings=settings,
-        engine=EngineSpec(**engine),
-        out=args.out,
-        fps=args.fps,
-        max_width=args.max_width,
-        overwrite=args.overwrite,
-    )
-    return GenerateRequest(**fields)
+from flows.request_flags import add_request_flags, given_fields  # noqa: E402  (after the environment is set)
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from pipeline.generate import describe, generate_film
+    from flows.generate import describe, generate_film, generate_request
 
-    request = _request_from(args)
-    print(describe(request), flush=True)
-    print(f"wrote {generate_film(request)}")
+    request = generate_request(given_fields(args), args.out)
+    print(describe(request, args.out), flush=True)
+    print(f"wrote {generate_film(request, args.out)}")
 
 
 def _demo(args: argparse.Namespace) -> None:
     from flows.film import film
-    from pipeline.film_request import FilmRequest
+    from pipeline.request import FilmRequest
     from pipeline.run_folder import RunFolder
 
     print(
@@ -137,52 +56,10 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"wrote {made}")
 
 
-def _add_film_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `svi film` / `svi prompts`: the fields of FilmRequest (unset ones take the profile's value)."""
-    parser.add_argument("--keywords", nargs="+", help="what the film is about, e.g. --keywords 'red ball' meadow")
-    parser.add_argument("--images", nargs="+", type=Path, help="your own pictures instead of retrieval")
-    parser.add_argument("--prompts", dest="prompts_file", type=Path, help="your own prompt stream file")
-    parser.add_argument("--clips", type=int)
-    parser.add_argument("--mode", choices=["film", "shot", "tom", "pro"])
-    parser.add_argument("--profile", choices=["demo", "wan"])
-    parser.add_argument("--run-dir", type=Path)
-    parser.add_argument("--model", type=Path, help="local Wan2.1-I2V-14B-480P folder")
-    parser.add_argument("--lora", type=Path)
-    parser.add_argument("--lora-scale", type=float)
-    parser.add_argument("--device")
-    parser.add_argument(
-        "--source", choices=["bundled", "bing", "google", "baidu", "flickr", "greedy", "urls", "folder"]
-    )
-    parser.add_argument("--site", help="--source greedy: the site to collect pictures from")
-    parser.add_argument("--urls", nargs="+", help="--source urls: picture addresses")
-    parser.add_argument("--image-folder", type=Path, help="--source folder: your pictures to choose from")
-    parser.add_argument("--license", help="bing: licence filter, e.g. commercial,modify")
-    parser.add_argument("--max-images", type=int, help="most accepted pictures kept to choose from (default 8)")
-    parser.add_argument("--min-side", type=int, help="shortest side a picture may have, px (default 256)")
-    parser.add_argument("--storyline", dest="storyline_backend", choices=["template", "qwen", "openai"])
-    parser.add_argument("--qwen-model", type=Path, help="local Qwen2.5-VL-3B/7B-Instruct folder")
-    parser.add_argument("--openai-base-url")
-    parser.add_argument("--openai-model")
-    parser.add_argument("--style")
-    parser.add_argument("--genre")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--cfg", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--frames", type=int)
-    parser.add_argument("--fps", type=float)
-    parser.add_argument("--width", type=int, help="film width at most (default 416 demo, 832 wan)")
-    parser.add_argument("--overwrite", action="store_true", default=None, help="RUN_DIR holds another film: delete it")
-    parser.add_argument("--chapters", type=int, help="chapters, each from its own picture (default 1)")
-    parser.add_argument("--crossfade", dest="crossfade_s", type=float, help="seconds chapters fade into each other")
-
-
 def _film_request(args: argparse.Namespace):
-    from pipeline.film_request import FilmRequest
+    from pipeline.request import FilmRequest
 
-    fields = {name: value for name, value in vars(args).items() if name in FilmRequest.model_fields}
-    if args.license:
-        fields["filters"] = {"license": args.license}
-    return FilmRequest(**{name: value for name, value in fields.items() if value is not None})
+    return FilmRequest(**given_fields(args))
 
 
 def _film(args: argparse.Namespace) -> None:
@@ -229,7 +106,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _cache(args: argparse.Namespace) -> None:
-    from pipeline.cache_usage import cache_usage, clear_cache
+    from pipeline.cache_folder import cache_usage, clear_cache
 
     if args.clear:
         for part in clear_cache():
@@ -256,11 +133,22 @@ def _one_line(err: Exception) -> str:
     return str(err)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A bad flag is one `error:` line naming it, like every other bad input (not argparse's usage block)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="svi", description="Long AI videos with Stable Video Infinity")
+    parser = _OneLineErrors(prog="svi", description="Long AI videos with Stable Video Infinity")
     commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser("generate", help="render a film from an image and a prompt stream")
-    _add_generate_arguments(generate)
+    generate = commands.add_parser(
+        "generate",
+        help="render a film from your picture and prompt stream, without Prefect (paper settings: profile wan)",
+    )
+    generate.add_argument("--out", type=Path, default=Path("film.mp4"), help="output MP4 (run folder: OUT.clips/)")
+    add_request_flags(generate)
     generate.set_defaults(run=_generate)
     demo = commands.add_parser("demo", help="the embedded default: keywords to film, offline, CPU, random weights")
     demo.add_argument("--keywords", nargs="+", default=["red ball"])
@@ -268,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     demo.set_defaults(run=_demo)
     film = commands.add_parser("film", help="keywords (or pictures) to film, as a Prefect flow")
-    _add_film_arguments(film)
+    add_request_flags(film)
     film.set_defaults(run=_film)
     prompts = commands.add_parser("prompts", help="write the storyline only (storyline.yaml), to edit before rendering")
-    _add_film_arguments(prompts)
+    add_request_flags(prompts)
     prompts.set_defaults(run=_prompts)
     assemble = commands.add_parser("assemble", help="assemble film.mp4, film.srt, storyboard.png from a run folder")
     assemble.add_argument("--run-dir", type=Path, required=True)
@@ -291,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="Error-Recycling Fine-Tuning: make an SVI LoRA (see docs/train.yaml)")
     train.add_argument("--config", type=Path, required=True, help="train.yaml")
     train.set_defaults(run=_train)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, or a bad flag (already reported)
+        return exit.code
     try:
         args.run(args)
     except _user_errors() as err:

@@ -11,7 +11,6 @@ No `from __future__ import annotations` here: served runs must resolve the pydan
 
 import base64
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -30,18 +29,14 @@ from tqdm.auto import tqdm
 from flows.task_results import RESULTS
 from pipeline.assemble import assemble_run, join_run_chapters
 from pipeline.cache_folder import clip_store_folder
-from pipeline.engines import EngineSpec
-from pipeline.file_hashes import content_digest, file_sha256
-from pipeline.film_request import FilmRequest, read_run_request
-from pipeline.prompt_files import read_prompt_file
-from pipeline.reference import normalise_reference
-from pipeline.retrieve import RetrieveRequest, choose_references, retrieve_images
-from pipeline.run_folder import RunFolder, clear_run
-from pipeline.storyline import Storyline, StorylineRequest, save_storyline, write_storyline
-from pipeline.storyline_qwen import release_qwen
-from pipeline.synthesize import ClipStore, run_clip_key, synthesize_clip
-from svi_model.atomic_files import atomic_path, write_text_atomic
-from svi_model.recipes import FilmSettings
+from pipeline.hashing import content_digest, file_sha256
+from pipeline.request import FilmRequest, start_run
+from pipeline.retrieve import RetrieveRequest, choose_references, normalise_reference, retrieve_images
+from pipeline.run_folder import RunFolder
+from pipeline.storyline import Storyline, StorylineRequest, read_prompt_file, save_storyline, write_storyline
+from pipeline.storyline.qwen_chat import release_qwen
+from pipeline.synthesize import ClipJob, ClipResult, ClipStore, render_clips, synthesize_clip
+from svi_model.atomic_files import atomic_path
 from svi_model.tiny import save_tiny_model
 
 RETRIEVE_VERSION = "retrieve-2"
@@ -138,7 +133,7 @@ def storyline(request: StorylineRequest, image: Path) -> Storyline:
 
 
 def _clip_task_key(context, parameters) -> str:
-    return "clip-" + parameters["key"]
+    return "clip-result-" + parameters["key"]
 
 
 @task(
@@ -148,19 +143,16 @@ def _clip_task_key(context, parameters) -> str:
     persist_result=True,
     result_storage=RESULTS,
 )
-def render_clip(
-    run_dir: Path, k: int, settings: FilmSettings, prompts: list[str], engine: EngineSpec, fps: float, key: str
-) -> dict:
+def clip_task(run_dir: Path, k: int, job: ClipJob, key: str) -> ClipResult:
     """Clip k into the run folder (from the clip store when it was made before), with a bar over its steps.
 
-    `key` is the clip's content key (`run_clip_key`), computed once by the flow; it is the task's cache key.
+    `key` is the clip's content key (`run_clip_key`), computed once by the film driver; it is the task's cache key.
     """
-    with tqdm(total=settings.steps, desc=f"clip {k}", unit="step", leave=False) as bar:
-        result = synthesize_clip(
-            RunFolder(run_dir), k, settings, prompts, engine, fps, on_step=lambda *_: bar.update(), key=key
-        )
-    get_run_logger().info("clip %d %s (key %s…)", k, "reused" if result.reused else "rendered", result.key[:12])
-    return {"k": k, "key": result.key, "reused": result.reused}
+    with tqdm(total=job.settings.steps, desc=f"clip {k}", unit="step", leave=False) as bar:
+        result = synthesize_clip(RunFolder(run_dir), k, job, on_step=lambda *_: bar.update(), key=key)
+    retakes = f" after {len(result.attempts)} renders" if len(result.attempts) > 1 else ""
+    get_run_logger().info("clip %d %s%s (key %s…)", k, "reused" if result.reused else "rendered", retakes, key[:12])
+    return result
 
 
 def _clip_tags() -> set[str]:
@@ -183,33 +175,16 @@ def demo_model(folder: Path) -> Path:
 # ---------------------------------------------------------------- the flow
 
 
-class OtherFilmInRunFolder(ValueError):
-    """The run folder holds a different film; nothing in it was touched."""
-
-
 def _start_run(request: FilmRequest) -> RunFolder:
-    """The run folder with this request stored; a folder holding another film is refused unless `overwrite`."""
-    run = RunFolder(request.run_dir)
-    changed = request.changes_from(read_run_request(run)) if run.request.is_file() else []
-    if changed and not request.overwrite:
-        raise OtherFilmInRunFolder(
-            f"{run.root} holds another film (different {', '.join(changed)}): choose another --run-dir, "
-            "or pass --overwrite to delete it and start afresh"
-        )
-    if changed:
-        get_run_logger().warning("overwrite: deleting the film in %s (different %s)", run.root, ", ".join(changed))
-        clear_run(run)
-    run.root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.request, json.dumps(request.model_dump(mode="json"), indent=2))
-    return run
+    return start_run(request, on_overwrite=get_run_logger().warning)
 
 
 def _pictures(request: FilmRequest, run: RunFolder, timings: dict[str, float]) -> list[Path]:
     """One picture per chapter: the user's, or the best retrieved ones (normalised, in `images/`)."""
-    if request.images:
-        return request.images
+    if request.retrieve.images:
+        return request.retrieve.images
     start = time.perf_counter()
-    found = retrieve(request.retrieve_request(), run.root, request.max_width(), request.chapter_count())
+    found = retrieve(request.retrieve_request(), run.root, request.render.max_width, request.chapter_count())
     pictures = []
     for index, png in enumerate(found["pngs"]):
         with atomic_path(_retrieved_picture(run, index)) as tmp:
@@ -228,10 +203,10 @@ def _pictures(request: FilmRequest, run: RunFolder, timings: dict[str, float]) -
 
 def _story(request: FilmRequest, run: RunFolder, picture: Path, timings: dict[str, float]) -> list[str]:
     """The reference frame from `picture`, and the prompt stream written for it (or taken); returns the prompts."""
-    normalise_reference(picture, run.reference, max_width=request.max_width())
+    normalise_reference(picture, run.reference, max_width=request.render.max_width)
     start = time.perf_counter()
-    if request.prompts_file is not None:
-        prompts = read_prompt_file(request.prompts_file)
+    if request.own_prompts():
+        prompts = request.own_prompt_stream()
     elif run.storyline.is_file():
         get_run_logger().info(
             "using %s as it is (edit it to change the film; delete it to write a new one)", run.storyline
@@ -282,7 +257,7 @@ def film(request: FilmRequest = FilmRequest()) -> Path:
     run = _start_run(request)
     if request.uses_random_weights():
         get_run_logger().warning("demo profile without a model: tiny RANDOM weights, the pictures will be noise")
-        demo_model(request.engine().model)
+        demo_model(request.render.model or request.engine().model)
     timings: dict[str, float] = {}
     chapters = _chapters(request, run, timings)
     progress = _ClipProgress(total=request.clips * len(chapters))
@@ -319,19 +294,16 @@ def _render_chapter(
     label: str,
 ) -> None:
     """Storyline, clips and assembly of one chapter (or of a whole one-chapter film) in `run`."""
-    settings, engine = request.settings(), request.engine()
     prompt_stream = _story(request, run, picture, timings)
 
     start = time.perf_counter()
     store = ClipStore(clip_store_folder())
-    for k in range(request.clips):
-        key = run_clip_key(run, k, settings, prompt_stream, engine, request.fps)
-        # A cached result is only as good as the stored clip: without it, render again.
-        result = render_clip.with_options(refresh_cache=not store.has(key), tags=_clip_tags())(
-            run.root, k, settings, prompt_stream, engine, request.fps, key
-        )
-        store.materialise(result["key"], run, k)
-        progress.clip_done()
+
+    def clip_in_a_task(run: RunFolder, k: int, job: ClipJob, key: str) -> ClipResult:
+        # A cached task result is only as good as the stored clip: without it, render again.
+        return clip_task.with_options(refresh_cache=not store.has(key), tags=_clip_tags())(run.root, k, job, key)
+
+    render_clips(run, request.clip_job(prompt_stream), request.clips, clip_in_a_task, lambda _: progress.clip_done())
     timings["synthesize"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -361,7 +333,8 @@ def _storyboard_markdown(path: Path, width: int = 960) -> str:
 
 def _summary(request: FilmRequest, run: RunFolder, timings: dict[str, float], prompts: list[str]) -> str:
     rows = "\n".join(f"| {stage} | {seconds:.1f} s |" for stage, seconds in timings.items())
-    beats = "\n".join(f"{k + 1}. {request.settings().prompt_for(k, prompts)}" for k in range(request.clips))
+    settings = request.settings()
+    beats = "\n".join(f"{k + 1}. {settings.prompt_for(k, prompts)}" for k in range(request.clips))
     return (
         f"# {', '.join(request.keywords)}\n\n"
         f"- film: `{run.film.resolve()}`\n- subtitles: `{run.subtitles.resolve()}`\n"

@@ -9,6 +9,8 @@ import os
 from prefect import serve
 from prefect.client.orchestration import get_client
 
+from pipeline.request import FilmRequest
+
 from .batch import batch
 from .film import GPU_TAG, GPU_TAG_SWITCH, film
 from .train import train_flow
@@ -25,7 +27,7 @@ def serve_flows(gpu_slots: int = 1) -> None:
     ensure_gpu_limit(gpu_slots)
     os.environ[GPU_TAG_SWITCH] = "1"  # the runs this runner starts inherit it: their clip tasks take the limit
     serve(
-        film.to_deployment(name="svi-film", tags=["svi"]),
+        film.to_deployment(name="svi-film", tags=["svi"], parameters={"request": FilmRequest().form_defaults()}),
         batch.to_deployment(name="svi-batch", tags=["svi"]),
         train_flow.to_deployment(name="svi-train", tags=["svi"]),
     )

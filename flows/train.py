@@ -13,7 +13,6 @@ checkpoint, and a finished run only writes its LoRA files again.
 No `from __future__ import annotations` here: served runs must resolve the pydantic parameter types.
 """
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from prefect.artifacts import (
 
 from flows.film import GPU_TAG
 from flows.task_results import RESULTS
-from pipeline.engines import folder_fingerprint
-from pipeline.file_hashes import content_digest
+from pipeline.hashing import content_digest, dataset_fingerprint, folder_fingerprint
 from svi_model.erft.train_config import TrainConfig
 from svi_model.erft.trainer import StepReport, TrainResult, train
 from svi_model.erft.training_data import prepare_latent_cache
@@ -37,22 +35,11 @@ LATENT_CACHE_VERSION = "latent-cache-1"
 LOSS_ROWS = 200  # the loss table artifact shows at most this many steps, evenly spread
 
 
-def _dataset_fingerprint(folder: Path) -> str:
-    """Every file's relative name, size and modification time, plus the CSV indexes' content."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        if path.suffix == ".csv":
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def _latent_cache_key(context, parameters) -> str:
     config: TrainConfig = parameters["config"]
     fields = {
         "stage": LATENT_CACHE_VERSION,
-        "videos": _dataset_fingerprint(config.data.videos),
+        "videos": dataset_fingerprint(config.data.videos),
         "model": folder_fingerprint(config.model),
         "folder": str(Path(config.data.latent_cache).resolve()),
         "data": config.data.model_dump(mode="json", exclude={"num_workers"}),
@@ -116,7 +103,7 @@ def _summary(config: TrainConfig, result: TrainResult) -> str:
     resumed = f"resumed from `{result.resumed_from}`" if result.resumed_from else "started fresh"
     return (
         f"# ERFT {config.mode} ({config.recipe} recipe)\n\n"
-        f"- LoRA (SVI layout, what `svi generate --lora` loads): `{result.lora_file.resolve()}`\n"
+        f"- LoRA (SVI layout, what `svi film --lora` loads): `{result.lora_file.resolve()}`\n"
         f"- LoRA (diffusers layout): `{result.diffusers_lora.resolve()}`\n"
         f"- steps: {result.steps} ({resumed})\n"
         f"- mean loss of the last {len(tail)} steps: {sum(tail) / max(len(tail), 1):.4f}\n"

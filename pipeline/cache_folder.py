@@ -1,11 +1,17 @@
-"""`$SVI_CACHE_DIR` (by default `~/.cache/svi-film`): where work reusable across runs is kept, and its parts.
+"""`$SVI_CACHE_DIR` (by default `~/.cache/svi-film`): where work reusable across runs is kept, its parts, what
+they hold and how to free them.
 
 clips/             finished clips by content key (the synthesize stage's clip store)
 prefect-results/   the flows' persisted task results
 tiny-model/        the demo's tiny random model
+
+Run folders keep their own clips (hard links to the store where the file system allows it, else copies), so
+clearing the cache never loses a film: it only means the next run that needs a clip renders it again.
 """
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -24,3 +30,33 @@ def task_results_folder() -> Path:
 
 def tiny_model_folder() -> Path:
     return cache_root() / "tiny-model"
+
+
+@dataclass(frozen=True)
+class CachePart:
+    what: str
+    path: Path
+    files: int
+    bytes: int
+
+
+def _part(what: str, folder: Path) -> CachePart:
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return CachePart(what, folder, len(files), sum(p.stat().st_size for p in files))
+
+
+def cache_usage() -> list[CachePart]:
+    """Files and bytes under each part of the cache (bytes counted once per file, even when hard-linked)."""
+    return [
+        _part("stored clips", clip_store_folder()),
+        _part("Prefect task results", task_results_folder()),
+        _part("the demo's tiny model", tiny_model_folder()),
+    ]
+
+
+def clear_cache() -> list[CachePart]:
+    """Delete the stored clips and the Prefect task results (kept: the tiny model); returns what was freed."""
+    freed = [part for part in cache_usage() if part.path != tiny_model_folder() and part.files]
+    for part in freed:
+        shutil.rmtree(part.path)
+    return freed

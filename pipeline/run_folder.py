@@ -1,12 +1,13 @@
 """The run folder: everything one film run made, under fixed names. It is the truth a resumed run starts from.
 
 runs/<name>/
-  request.yaml          the full, validated request
+  request.json          the full, validated request (every default filled in)
   images/               retrieved candidates + meta.json
   reference.png         the normalised first frame (lossless)
   storyline.yaml        the prompt stream
   clips/clip_0007.mkv   clip 7, lossless (FFV1)
   clips/clip_0007.state.safetensors   what clip 8 needs (tail frames or last latent)
+  clips/clip_0007.attempts.json       its renders: seeds and the per-clip checks' verdicts
   film.mp4 film.srt storyboard.png manifest.json
   chapters/00/ …        a film in chapters: each chapter is a run folder of its own
 """
@@ -30,7 +31,7 @@ class RunFolder:
 
     @property
     def request(self) -> Path:
-        return self.root / "request.yaml"
+        return self.root / "request.json"
 
     @property
     def images(self) -> Path:
@@ -53,6 +54,10 @@ class RunFolder:
 
     def state(self, k: int) -> Path:
         return self.clips / f"clip_{k:04d}.state.safetensors"
+
+    def attempts(self, k: int) -> Path:
+        """Clip k's renders and the checks' verdicts on each."""
+        return self.clips / f"clip_{k:04d}.attempts.json"
 
     @property
     def film(self) -> Path:

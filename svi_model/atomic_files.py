@@ -63,3 +63,19 @@ def replace_folder(staged: Path, final: Path) -> None:
         shutil.rmtree(final)
     staged.rename(final)
     _fsync_folder(final.parent)
+
+
+def place_file(source: Path, destination: Path) -> None:
+    """Put the file `source` at `destination` atomically: a hard link where the file system allows it, else a copy.
+
+    A destination that already is `source` (the same file, through another link) is left alone: renaming a link
+    onto another link of the same file does nothing and would leave the temporary name behind (POSIX rename).
+    """
+    if destination.exists() and os.path.samefile(source, destination):
+        return
+    with atomic_path(destination) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .conditioning import condition_video, latent_frame_count, pro_condition_latents, unit_range
-from .recipes import FilmSettings
+from .modes import FilmSettings
 from .sampler import ClipCondition, ClipOutput, ClipSampler, StepCallback
 
 
@@ -61,11 +61,11 @@ class FilmRenderer:
                     self.anchor_latent(), None if state is None else state.last_latent, latent_frame_count(s.num_frames)
                 ),
                 # The anchor is latent frame 0 of the condition, so its CLIP tokens go with it.
-                clip_frame=self.reference,
+                image_encoder_frame=self.reference,
             )
         motion = self.reference[None] if state is None else state.tail_frames
         video = condition_video(motion, s.num_frames, s.padding, self.reference, s.reference_count)
-        return ClipCondition(latents=self.sampler.encode(video), clip_frame=motion[0])
+        return ClipCondition(latents=self.sampler.encode(video), image_encoder_frame=motion[0])
 
     def anchor_latent(self) -> torch.Tensor:
         """The reference image's normalised latent `[16, 1, h, w]`, encoded once."""
@@ -102,13 +102,17 @@ class FilmRenderer:
             yield k, output, state
 
     def render_clip(
-        self, clip: int, state: ChainState | None, on_step: StepCallback | None = None
+        self, clip: int, state: ChainState | None, on_step: StepCallback | None = None, attempt: int = 0
     ) -> tuple[ClipOutput, ChainState]:
-        """Render clip `clip` from the state after the clip before it (None for clip 0); return it and its state."""
+        """Render clip `clip` from the state after the clip before it (None for clip 0); return it and its state.
+
+        attempt: 0 for the clip as the film is defined; 1, 2, … re-render it with other seeds (`seed_for`) after it
+        failed a per-clip check.
+        """
         s = self.settings
         output = self.sampler.render(
             s.prompt_for(clip, self.prompts),
-            s.seed_for(clip),
+            s.seed_for(clip, attempt),
             self.condition(clip, state),
             steps=s.steps,
             guidance_scale=s.guidance_scale,

@@ -39,11 +39,12 @@ class ClipCondition:
     """Everything a clip is conditioned on besides its prompt and seed.
 
     latents: `[16, T, h, w]` normalised condition latents (the VAE encoding of the condition video, or Pro's
-        latent stack). clip_frame: uint8 `[H, W, 3]`, the frame whose CLIP tokens the clip sees.
+        latent stack).
+    image_encoder_frame: uint8 `[H, W, 3]`, the frame whose CLIP image-encoder tokens the clip sees.
     """
 
     latents: torch.Tensor
-    clip_frame: torch.Tensor
+    image_encoder_frame: torch.Tensor
 
 
 @dataclass
@@ -215,7 +216,7 @@ class ClipSampler:
         negative = self.text_embeddings(self.negative_prompt) if guidance_scale > 1.0 else None
         latents = self.denoise(
             mask_and_latents(condition.latents),
-            self.image_embeddings(condition.clip_frame),
+            self.image_embeddings(condition.image_encoder_frame),
             self.text_embeddings(prompt),
             negative,
             seed,

@@ -14,12 +14,21 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline import assemble
-from pipeline.assemble import assemble_run, srt_timestamp
-from pipeline.engines import folder_fingerprint
-from pipeline.film_request import FilmRequest
-from pipeline.video_files import FilmFrames, StoredFrames, join_chapters, read_clip, write_clip, write_film
+from pipeline.assemble import (
+    FilmFrames,
+    StoredFrames,
+    assemble_run,
+    join_chapters,
+    srt_timestamp,
+    storyboard,
+    write_film,
+)
+from pipeline.assemble import film as film_assembly
+from pipeline.hashing import folder_fingerprint
+from pipeline.request import FilmRequest
+from pipeline.run_folder import RunFolder
 from svi_model.chain import stitch
+from svi_model.video_files import read_clip, write_clip
 
 PROMPTS = ["a red ball rests on the grass", "the ball rolls away\ninto the woods"]
 HEIGHT, WIDTH, FRAMES = 48, 64, 9
@@ -35,10 +44,10 @@ def synthetic_clip(k: int) -> torch.Tensor:
 
 
 def make_run(root: Path, mode: str = "film", clips: int = 3, **fields) -> FilmRequest:
-    """A run folder as the film flow leaves it: request.yaml (JSON), storyline.yaml, reference.png, clips/."""
-    request = FilmRequest(run_dir=root, mode=mode, clips=clips, frames=FRAMES, **fields)
+    """A run folder as the film flow leaves it: request.json, storyline.yaml, reference.png, clips/."""
+    request = FilmRequest(run_dir=root, mode=mode, clips=clips, num_frames=FRAMES, **fields)
     root.mkdir(parents=True)
-    (root / "request.yaml").write_text(json.dumps(request.model_dump(mode="json"), indent=2))
+    RunFolder(root).request.write_text(json.dumps(request.model_dump(mode="json"), indent=2))
     (root / "storyline.yaml").write_text(yaml.safe_dump({"prompts": PROMPTS}))
     Image.fromarray(synthetic_clip(0)[0].numpy()).save(root / "reference.png")
     for k in range(clips):
@@ -101,22 +110,22 @@ def test_storyboard_shows_the_middle_of_each_clips_part(tmp_path):
     assemble_run(tmp_path / "run")
     with Image.open(tmp_path / "run" / "storyboard.png") as image:
         sheet = np.asarray(image.convert("RGB"))
-    cell = max(WIDTH, assemble.CAPTION_WIDTH) + 2 * assemble.MARGIN
-    assert sheet.shape[1] == 3 * cell and sheet.shape[0] > HEIGHT + 2 * assemble.MARGIN
-    film = stitch(FilmRequest(frames=FRAMES).settings(), [synthetic_clip(k) for k in range(3)]).numpy()
+    cell = max(WIDTH, storyboard.CAPTION_WIDTH) + 2 * storyboard.MARGIN
+    assert sheet.shape[1] == 3 * cell and sheet.shape[0] > HEIGHT + 2 * storyboard.MARGIN
+    film = stitch(FilmRequest(num_frames=FRAMES).settings(), [synthetic_clip(k) for k in range(3)]).numpy()
     for k, middle in enumerate((2, 6, 12)):  # spans 0–4, 4–8, 8–17
-        left, top = k * cell + (cell - WIDTH) // 2, assemble.MARGIN
+        left, top = k * cell + (cell - WIDTH) // 2, storyboard.MARGIN
         np.testing.assert_array_equal(sheet[top : top + HEIGHT, left : left + WIDTH], film[middle])
 
 
 def test_storyboard_wraps_rows_and_shrinks_wide_films():
     wide = torch.zeros(5, 96, 640, 3, dtype=torch.uint8)
-    sheet = assemble.draw_storyboard(FilmFrames([wide] * 6), ["word " * 200] * 6, fps=16)
-    cell = assemble.THUMB_WIDTH + 2 * assemble.MARGIN
-    assert sheet.width == assemble.STORYBOARD_COLUMNS * cell
-    thumb_height = round(96 * assemble.THUMB_WIDTH / 640)
-    caption = (1 + assemble.CAPTION_LINES) * (assemble.FONT_SIZE + 4)
-    assert sheet.height == 2 * (3 * assemble.MARGIN + thumb_height + caption)
+    sheet = storyboard.draw_storyboard(FilmFrames([wide] * 6), ["word " * 200] * 6, fps=16)
+    cell = storyboard.THUMB_WIDTH + 2 * storyboard.MARGIN
+    assert sheet.width == storyboard.STORYBOARD_COLUMNS * cell
+    thumb_height = round(96 * storyboard.THUMB_WIDTH / 640)
+    caption = (1 + storyboard.CAPTION_LINES) * (storyboard.FONT_SIZE + 4)
+    assert sheet.height == 2 * (3 * storyboard.MARGIN + thumb_height + caption)
 
 
 def test_manifest_records_request_versions_hashes_and_timings(tmp_path):
@@ -133,7 +142,7 @@ def test_manifest_records_request_versions_hashes_and_timings(tmp_path):
     assert manifest["request"] == request.model_dump(mode="json")
     assert manifest["settings"]["motion_frames"] == 5
     assert manifest["versions"]["moviepy"] == metadata.version("moviepy")
-    assert set(assemble.VERSIONED_PACKAGES) <= set(manifest["versions"])
+    assert set(film_assembly.VERSIONED_PACKAGES) <= set(manifest["versions"])
     assert manifest["engine"]["model"] == folder_fingerprint(model)
     assert manifest["engine"]["lora"] == hashlib.sha256(b"not really a LoRA").hexdigest()
     assert manifest["inputs"]["reference.png"] == sha256(run / "reference.png")
@@ -194,7 +203,7 @@ def test_a_failed_rerun_leaves_the_earlier_outputs_whole(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk died"):
         assemble_run(run)
     assert {name: (run / name).read_bytes() for name in before} == before
-    assert sorted(p.name for p in run.iterdir()) == sorted([*before, "clips", "reference.png", "request.yaml",
+    assert sorted(p.name for p in run.iterdir()) == sorted([*before, "clips", "reference.png", "request.json",
                                                               "storyline.yaml"])  # fmt: skip
 
 

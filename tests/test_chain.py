@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from svi_model.chain import ChainState, FilmRenderer, render_film, stitch
-from svi_model.recipes import FilmSettings, preset
+from svi_model.modes import FilmSettings, mode_settings
 
 PROMPTS = ["a red ball on the grass", "the ball rolls to the right", "the ball stops"]
 
@@ -25,7 +25,7 @@ class CountingSampler:
 
 
 def settings_for(mode: str) -> FilmSettings:
-    return preset(mode, num_frames=13, steps=2)
+    return mode_settings(mode, num_frames=13, steps=2)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_stitch_keeps_all_but_the_overlap_of_every_clip_but_the_last():
 
 
 def test_pro_stitch_drops_the_anchor_and_previous_latent_frames_of_continuations():
-    settings = preset("pro", num_frames=13)
+    settings = mode_settings("pro", num_frames=13)
     clips = [torch.full((13, 1, 1, 3), k, dtype=torch.uint8) for k in range(3)]
     film = stitch(settings, clips)[:, 0, 0, 0].tolist()
     assert film == [0] * 13 + [1] * 8 + [2] * 8
@@ -60,7 +60,7 @@ def test_next_clip_is_conditioned_on_the_last_m_decoded_frames(sampler, referenc
     m = settings.motion_frames
     for k in (1, 2):
         condition = counting.calls[k][2]
-        assert torch.equal(condition.clip_frame, outputs[k - 1].frames[-m])
+        assert torch.equal(condition.image_encoder_frame, outputs[k - 1].frames[-m])
         tail = outputs[k - 1].frames[-m:]
         video = torch.cat([tail.permute(3, 0, 1, 2).float() / 127.5 - 1, torch.zeros(3, 13 - m, 32, 48)], dim=1)
         if mode == "shot":
@@ -77,23 +77,34 @@ def test_pro_hands_over_the_last_latent(sampler, reference):
         assert torch.equal(latents[:, 1], outputs[k - 1].latents[:, -1])
         torch.testing.assert_close(latents[:, :1], anchor)
         assert not latents[:, 2:].any()
-        assert torch.equal(counting.calls[k][2].clip_frame, reference)
+        assert torch.equal(counting.calls[k][2].image_encoder_frame, reference)
 
 
 def test_seeds_and_prompts_per_clip(sampler, reference):
     counting = CountingSampler(sampler)
-    settings = preset("film", num_frames=13, steps=1, seed=42, prompt_repeat=2)
+    settings = mode_settings("film", num_frames=13, steps=1, seed=42, prompt_repeat=2)
     list(FilmRenderer(counting, settings, reference, PROMPTS[:2]).clips(5))
     assert [seed for _, seed, _ in counting.calls] == [0, 42, 84, 126, 168]
     assert [prompt for prompt, _, _ in counting.calls] == [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2 + [PROMPTS[0]]
     shot = CountingSampler(sampler)
-    list(FilmRenderer(shot, preset("shot", num_frames=13, steps=1), reference, PROMPTS).clips(3))
+    list(FilmRenderer(shot, mode_settings("shot", num_frames=13, steps=1), reference, PROMPTS).clips(3))
     assert [prompt for prompt, _, _ in shot.calls] == [PROMPTS[0]] * 3
+
+
+def test_retakes_get_their_own_deterministic_seeds():
+    settings = mode_settings("film", seed=42)
+    assert [settings.seed_for(k, attempt=0) for k in range(4)] == [0, 42, 84, 126]
+    retakes = [settings.seed_for(3, attempt) for attempt in (1, 2)]
+    assert len({settings.seed_for(3), *retakes}) == 3
+    assert retakes == [mode_settings("film", seed=42).seed_for(3, attempt) for attempt in (1, 2)]
+    assert settings.seed_for(2, 1) != retakes[0] != mode_settings("film", seed=7).seed_for(3, 1)
+    with pytest.raises(ValueError, match="attempt must be 0"):
+        settings.seed_for(1, -1)
 
 
 def test_same_seed_same_film_other_seed_other_film(sampler, reference):
     def film(seed):
-        settings = preset("film", num_frames=13, steps=2, seed=seed)
+        settings = mode_settings("film", num_frames=13, steps=2, seed=seed)
         return render_film(FilmRenderer(sampler, settings, reference, PROMPTS), 3)
 
     first = film(42)
@@ -148,7 +159,7 @@ def test_bad_settings(fields, message):
 
 def test_unknown_mode():
     with pytest.raises(ValueError, match="unknown mode 'blockbuster'"):
-        preset("blockbuster")
+        mode_settings("blockbuster")
 
 
 def test_text_embeddings_are_cached_for_the_most_recent_prompts_only(sampler, monkeypatch):

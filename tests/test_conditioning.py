@@ -6,7 +6,7 @@ import torch
 
 from svi_model.chain import ChainState, FilmRenderer
 from svi_model.conditioning import clip_pixels, condition_video, first_frame_mask, pro_condition_latents, to_uint8
-from svi_model.recipes import preset
+from svi_model.modes import mode_settings
 
 
 def as_unit(frames: torch.Tensor) -> np.ndarray:
@@ -112,7 +112,7 @@ class RecordingSampler:
 
 @pytest.mark.parametrize("mode", ["film", "shot"])
 def test_continuation_condition_comes_from_the_previous_clips_last_frames(sampler, reference, mode):
-    settings = preset(mode, num_frames=13)
+    settings = mode_settings(mode, num_frames=13)
     recorder = RecordingSampler(sampler)
     renderer = FilmRenderer(recorder, settings, reference, ["a prompt"])
     previous = torch.randint(0, 256, (13, 32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
@@ -123,9 +123,9 @@ def test_continuation_condition_comes_from_the_previous_clips_last_frames(sample
     pad = as_unit(reference[None])[:, 0] if mode == "shot" else 0.0
     for i in range(m, 13):
         np.testing.assert_allclose(video[:, i], np.broadcast_to(pad, video[:, i].shape), atol=1e-6)
-    assert torch.equal(condition.clip_frame, previous[-m])
+    assert torch.equal(condition.image_encoder_frame, previous[-m])
     first = renderer.condition(0, None)
-    assert torch.equal(first.clip_frame, reference)
+    assert torch.equal(first.image_encoder_frame, reference)
     np.testing.assert_allclose(recorder.encoded[-1].numpy()[:, 0], as_unit(reference[None])[:, 0], atol=1e-6)
 
 
@@ -145,7 +145,8 @@ def test_transformer_input_is_noise_then_mask_then_condition_latents(sampler, re
         lambda module, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True
     )
     try:
-        renderer = FilmRenderer(sampler, preset("film", num_frames=13, steps=1, guidance_scale=1.0), reference, ["p"])
+        settings = mode_settings("film", num_frames=13, steps=1, guidance_scale=1.0)
+        renderer = FilmRenderer(sampler, settings, reference, ["p"])
         sampler.render("p", 123, renderer.condition(0, None), steps=1, guidance_scale=1.0)
     finally:
         hook.remove()

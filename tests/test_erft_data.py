@@ -16,25 +16,24 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.video_files import write_clip, write_film
+from pipeline.assemble import write_film
 from svi_model.conditioning import condition_video, unit_range
 from svi_model.erft.dataset import (
-    FILM,
-    SHOT,
     ClipDataset,
+    ClipSettings,
     DatasetError,
     VideoItem,
-    VideoReadError,
     draw_clip_plan,
     draw_crop,
     read_video_index,
     sample_training_clip,
 )
 from svi_model.erft.latent_cache import LatentCacheDataset, build_latent_cache
+from svi_model.video_files import VideoReadError, write_clip
 
 SMALL = dict(num_frames=9, height=32, width=48)
-TINY_FILM = replace(FILM, **SMALL)
-TINY_SHOT = replace(SHOT, **SMALL)
+TINY_FILM = ClipSettings.for_mode("film", **SMALL)
+TINY_SHOT = ClipSettings.for_mode("shot", **SMALL)
 MIXKIT_HEADER = ["Video Title", "Video Description", "Video URL", "Download URL", "Filename"]
 
 
@@ -204,6 +203,14 @@ def test_empty_dataset_is_an_error(tmp_path):
 # ---- clips ----------------------------------------------------------------------------------------------------------
 
 
+def test_clip_settings_are_the_inference_modes():
+    assert ClipSettings.for_mode("film") == ClipSettings()
+    shot = ClipSettings.for_mode("shot", num_frames=33)
+    assert (shot.motion_frames, shot.padding, shot.num_frames) == (1, "reference", 33)
+    with pytest.raises(ValueError, match="no training clips for mode 'pro'.*shot, film, tom"):
+        ClipSettings.for_mode("pro")
+
+
 @pytest.mark.parametrize("name, height, width", [("landscape", 48, 80), ("portrait", 80, 48)])
 def test_clip_is_consecutive_frames_with_one_crop(plain_root, name, height, width):
     source = synthetic_frames(20 if name == "landscape" else 18, height, width)
@@ -221,8 +228,8 @@ def test_clip_is_consecutive_frames_with_one_crop(plain_root, name, height, widt
         assert 0 <= left < right <= width and 0 <= top < bottom <= height
         side = bottom - top if name == "landscape" else right - left
         assert limit - limit // 14 <= side <= limit
-        for clip_frame, native in zip(sample.frames.numpy(), plan.frame_indices, strict=True):
-            np.testing.assert_array_equal(clip_frame, expected_frame(source[native], plan.crop))
+        for frame, native in zip(sample.frames.numpy(), plan.frame_indices, strict=True):
+            np.testing.assert_array_equal(frame, expected_frame(source[native], plan.crop))
 
 
 def test_crop_draws_span_the_allowed_sides_and_positions():
@@ -312,7 +319,7 @@ def test_film_condition_is_condition_video_of_the_motion_frames(plain_root, prob
     sample = sample_training_clip(item(plain_root, "clips/landscape.mkv"), settings, torch.Generator())
     assert sample.plan.motion_count == motion
     assert torch.equal(sample.condition, condition_video(sample.frames[:motion], 9, "zeros"))
-    assert torch.equal(sample.clip_frame, sample.frames[0])
+    assert torch.equal(sample.image_encoder_frame, sample.frames[0])
 
 
 @pytest.mark.parametrize("anchor", ["inside", "outside"])

@@ -26,7 +26,7 @@ from test_erft_data import synthetic_frames, write_mixkit_csv, write_video
 from flows.cli import main
 from svi_model.conditioning import condition_video
 from svi_model.erft.checkpoints import ADAPTER_FILE, CheckpointFolder, recycler_file
-from svi_model.erft.dataset import FILM, DatasetError
+from svi_model.erft.dataset import ClipSettings, DatasetError
 from svi_model.erft.latent_cache import LatentCacheDataset
 from svi_model.erft.lora_training import add_training_lora, svi_lora_config
 from svi_model.erft.loss import timestep_weights, training_sigmas, weighted_mse
@@ -364,15 +364,19 @@ def test_config_errors_name_the_key(tmp_path):
     path.write_text("model: m\ndata: {videos: v}\noutput_dir: out\nclip: {num_frames: 80}\n")
     with pytest.raises(TrainConfigError, match="clip: num_frames must be 4k\\+1"):
         TrainConfig.from_yaml(path)
+    path.write_text("model: m\ndata: {videos: v}\noutput_dir: out\nmode: pro\n")
+    with pytest.raises(TrainConfigError, match="mode: Input should be 'shot' or 'film'"):
+        TrainConfig.from_yaml(path)
     with pytest.raises(TrainConfigError, match="cannot read the training config"):
         TrainConfig.from_yaml(tmp_path / "missing.yaml")
 
 
 def test_documented_config_is_valid_and_means_the_released_recipe():
     config = TrainConfig.from_yaml(PROJECT_ROOT / "docs" / "train.yaml")
+    film = ClipSettings.for_mode("film")
     assert config.optimizer_learning_rate() == 1e-4 and config.lora_rank == config.lora_alpha == 128
-    assert config.clip_settings() == FILM and (FILM.num_frames, FILM.height, FILM.width) == (81, 480, 832)
-    assert (FILM.motion_frames, FILM.motion_probability, FILM.padding) == (5, 0.9, "zeros")
+    assert config.clip_settings() == film and (film.num_frames, film.height, film.width) == (81, 480, 832)
+    assert (film.motion_frames, film.motion_probability, film.padding) == (5, 0.9, "zeros")
     assert config.recycling_settings().warmup_steps == 50
     paper = config.model_copy(update={"recipe": "paper"})
     assert paper.optimizer_learning_rate() == 2e-5 and paper.clip_settings().motion_probability == 0.95

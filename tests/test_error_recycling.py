@@ -205,7 +205,7 @@ def test_empty_banks_and_clean_steps_inject_nothing():
 
 
 def test_injection_frequencies_with_a_fixed_seed():
-    rec = recycler(RecyclingSettings.preset("released", "film"), shape=(1, 3, 1, 1))
+    rec = recycler(RecyclingSettings.for_recipe("released", "film"), shape=(1, 3, 1, 1))
     for grid in range(50):
         for bank in rec.banks.values():
             bank.store(torch.ones(1, 3, 1, 1), grid)
@@ -219,7 +219,7 @@ def test_injection_frequencies_with_a_fixed_seed():
     assert rate["noise"] == pytest.approx(0.5 * 0.01, abs=0.003)
     assert rate["image"] == pytest.approx(0.5 * 0.9, abs=0.02) and rate["video"] == pytest.approx(0.45, abs=0.02)
     assert both == pytest.approx(0.5 * 0.81, abs=0.02)  # independent draws
-    shot = recycler(RecyclingSettings.preset("released", "shot"), shape=(1, 3, 1, 1))
+    shot = recycler(RecyclingSettings.for_recipe("released", "shot"), shape=(1, 3, 1, 1))
     assert sum(shot.prepare(zeros, zeros, zeros, sigma[:1]).clean for _ in range(4000)) / 4000 == pytest.approx(
         0.2, abs=0.025
     )
@@ -241,12 +241,12 @@ def test_clean_steps_are_banked_with_probability_one_tenth():
 # ---- settings -------------------------------------------------------------------------------------------------------
 
 
-def test_presets_and_switches():
-    film, shot = RecyclingSettings.preset("released", "film"), RecyclingSettings.preset("released", "shot")
+def test_recipes_and_switches():
+    film, shot = RecyclingSettings.for_recipe("released", "film"), RecyclingSettings.for_recipe("released", "shot")
     assert (film.clean_probability, shot.clean_probability, film.warmup_steps) == (0.5, 0.2, 50)
     assert (film.noise_probability, film.image_probability, film.video_probability) == (0.01, 0.9, 0.9)
     assert (film.errors_per_grid, film.clean_bank_probability, film.image_window) == (500, 0.1, 3)
-    paper = RecyclingSettings.preset("paper", "shot", errors_per_grid=10)
+    paper = RecyclingSettings.for_recipe("paper", "shot", errors_per_grid=10)
     assert (paper.warmup_steps, paper.clean_probability, paper.errors_per_grid) == (20, 0.2, 10)
     assert list(recycler(replace(EXACT, use_noise_errors=False)).banks) == ["video"]
     assert list(recycler(replace(EXACT, use_video_errors=False, use_image_errors=False)).banks) == ["noise"]

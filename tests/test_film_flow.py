@@ -20,10 +20,10 @@ from flows.batch import batch
 from flows.cli import main
 from flows.film import film
 from pipeline.assemble import srt_timestamp
-from pipeline.film_request import FilmRequest
+from pipeline.request import FilmRequest
 from pipeline.run_folder import RunFolder
-from pipeline.video_files import read_clip
 from svi_model.chain import FilmRenderer
+from svi_model.video_files import read_clip
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -60,7 +60,9 @@ def fresh_cache(tmp_path, monkeypatch):
 
 
 def request_for(run_dir, clips=5, keywords=("red ball",), **fields) -> FilmRequest:
-    return FilmRequest(keywords=list(keywords), clips=clips, frames=9, steps=2, width=128, run_dir=run_dir, **fields)
+    return FilmRequest(
+        keywords=list(keywords), clips=clips, num_frames=9, steps=2, max_width=128, run_dir=run_dir, **fields
+    )
 
 
 def film_frames(run_dir) -> list[np.ndarray]:
@@ -84,7 +86,7 @@ def test_keywords_to_film_offline(tmp_path, fresh_cache, rendered):
 
     assert path == run.film and path.stat().st_size > 0
     assert rendered == [0, 1, 2]
-    for made in ("reference.png", "storyline.yaml", "film.srt", "storyboard.png", "manifest.json", "request.yaml"):
+    for made in ("reference.png", "storyline.yaml", "film.srt", "storyboard.png", "manifest.json", "request.json"):
         assert (run.root / made).is_file(), made
     prompts = yaml.safe_load(run.storyline.read_text())["prompts"]
     assert len(prompts) == 3 and all("ball" in p for p in prompts)
@@ -98,7 +100,7 @@ def test_retry_of_a_failed_run_resumes_and_matches_an_uninterrupted_run(tmp_path
     state = film(faulty, return_state=True)
     assert state.is_failed() and "injected fault at clip 3" in str(state.message)
     assert rendered == [0, 1, 2]
-    assert not RunFolder(faulty.run_dir).film.exists()
+    assert not RunFolder(faulty.output.run_dir).film.exists()
 
     retry_in_place(state.state_details.flow_run_id)
     assert rendered == [0, 1, 2, 3, 4], "the retry must not render clips 0-2 again"
@@ -118,9 +120,9 @@ def test_editing_the_prompt_of_clip_3_renders_clips_3_and_4_only(tmp_path, fresh
     request = request_for(tmp_path / "run")
     film(request)
     assert rendered == [0, 1, 2, 3, 4]
-    before = film_frames(request.run_dir)
+    before = film_frames(request.output.run_dir)
 
-    run = RunFolder(request.run_dir)
+    run = RunFolder(request.output.run_dir)
     storyline = yaml.safe_load(run.storyline.read_text())
     storyline["prompts"][3] = "the red ball bursts into confetti, which drifts slowly across the meadow"
     run.storyline.write_text(yaml.safe_dump(storyline))
@@ -128,12 +130,12 @@ def test_editing_the_prompt_of_clip_3_renders_clips_3_and_4_only(tmp_path, fresh
     film(request)
 
     assert rendered == [3, 4]
-    after = film_frames(request.run_dir)
+    after = film_frames(request.output.run_dir)
     assert all(np.array_equal(before[k], after[k]) for k in range(3))
     assert not np.array_equal(before[3], after[3])
 
 
-SMALL = ["--clips", "2", "--frames", "9", "--steps", "2", "--width", "128"]
+SMALL = ["--clips", "2", "--num-frames", "9", "--steps", "2", "--max-width", "128"]
 
 
 def test_command_line_prompts_then_film_then_assemble(tmp_path, fresh_cache, capsys):
@@ -154,7 +156,7 @@ def test_command_line_prompts_then_film_then_assemble(tmp_path, fresh_cache, cap
     [
         (["--clips", "0"], "clips"),
         (["--profile", "wan"], "model"),
-        (["--chapters", "2", "--crossfade", "0"], "crossfade"),
+        (["--chapters", "2", "--crossfade-s", "0"], "crossfade"),
         (["--images", "missing.png", "--clips", "1"], "missing.png"),
     ],
 )
@@ -166,8 +168,22 @@ def test_command_line_bad_input_is_one_line_and_exit_2(tmp_path, fresh_cache, ca
 
 def test_batch_makes_every_film(tmp_path, fresh_cache):
     films = [
-        {"keywords": ["red ball"], "clips": 1, "frames": 9, "steps": 2, "width": 128, "run_dir": str(tmp_path / "a")},
-        {"keywords": ["lighthouse"], "clips": 1, "frames": 9, "steps": 2, "width": 128, "run_dir": str(tmp_path / "b")},
+        {
+            "keywords": ["red ball"],
+            "clips": 1,
+            "num_frames": 9,
+            "steps": 2,
+            "max_width": 128,
+            "run_dir": str(tmp_path / "a"),
+        },
+        {
+            "keywords": ["lighthouse"],
+            "clips": 1,
+            "num_frames": 9,
+            "steps": 2,
+            "max_width": 128,
+            "run_dir": str(tmp_path / "b"),
+        },
     ]
     listing = tmp_path / "films.yaml"
     listing.write_text(yaml.safe_dump(films))
@@ -186,14 +202,15 @@ def test_two_chapters_from_the_two_best_pictures_joined_with_a_crossfade(tmp_pat
     assert not np.array_equal(*references), "each chapter starts from its own picture"
     frames = [len(read_clip(chapter.clip(0))) for chapter in chapters]
     joined = len(read_clip(path))
-    assert sum(frames) - joined == round(0.25 * request.fps), "the chapters overlap by the crossfade"
+    fps = request.render.fps
+    assert sum(frames) - joined == round(0.25 * fps), "the chapters overlap by the crossfade"
 
-    run = RunFolder(request.run_dir)
+    run = RunFolder(request.output.run_dir)
     cues = run.subtitles.read_text().strip().split("\n\n")
-    second = frames[0] - round(0.25 * request.fps)  # chapter 2 starts as chapter 1 begins to fade
+    second = frames[0] - round(0.25 * fps)  # chapter 2 starts as chapter 1 begins to fade
     assert len(cues) == 2
-    assert cues[0].splitlines()[1] == f"{srt_timestamp(0)} --> {srt_timestamp(second / request.fps)}"
-    assert cues[1].splitlines()[1] == f"{srt_timestamp(second / request.fps)} --> {srt_timestamp(joined / request.fps)}"
+    assert cues[0].splitlines()[1] == f"{srt_timestamp(0)} --> {srt_timestamp(second / fps)}"
+    assert cues[1].splitlines()[1] == f"{srt_timestamp(second / fps)} --> {srt_timestamp(joined / fps)}"
     manifest = json.loads(run.manifest.read_text())
     assert [c["film_frames"] for c in manifest["chapters"]] == [[0, second], [second, joined]]
     assert manifest["film"]["frames"] == joined
@@ -201,7 +218,7 @@ def test_two_chapters_from_the_two_best_pictures_joined_with_a_crossfade(tmp_pat
         assert board.height == 2 * first.height
 
     path.unlink()
-    assert main(["assemble", "--run-dir", str(request.run_dir)]) == 0
+    assert main(["assemble", "--run-dir", str(request.output.run_dir)]) == 0
     assert len(read_clip(path)) == joined
 
 
@@ -209,8 +226,12 @@ def test_served_film_deployment_has_the_request_form():
     """`svi serve` publishes these deployments; the UI builds the run form from the parameter schema."""
     assert film.to_deployment(name="svi-film").name == "svi-film"
     schema = parameter_schema(film).model_dump()
-    request = schema["definitions"]["FilmRequest"]["properties"]
-    assert {"keywords", "clips", "mode", "profile", "run_dir", "model", "lora", "storyline_backend"} <= set(request)
+    definitions = schema["definitions"]
+    request = definitions["FilmRequest"]["properties"]
+    assert {"keywords", "clips", "profile", "retrieve", "storyline", "render", "output"} <= set(request)
+    assert {"mode", "model", "lora"} <= set(definitions["RenderOptions"]["properties"])
+    assert "run_dir" in definitions["OutputOptions"]["properties"]
+    assert "backend" in definitions["StorylineOptions"]["properties"]
     assert request["clips"]["description"].startswith("clips of ~5 s")
 
 
@@ -222,7 +243,7 @@ def test_clearing_the_cache_keeps_the_film_and_the_next_run_renders_again(tmp_pa
 
     assert main(["cache", "--clear"]) == 0
     assert "deleted stored clips: 2 files" in capsys.readouterr().out
-    run = RunFolder(request.run_dir)
+    run = RunFolder(request.output.run_dir)
     assert run.film.is_file() and run.clip(0).is_file()
 
     rendered.clear()

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from flows.cli import main
-from pipeline.video_files import read_clip
 from svi_model.sampler import ClipSampler
 from svi_model.tiny import save_tiny_model
+from svi_model.video_files import read_clip
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def inputs(tmp_path):
 
 def args_for(model_dir, image, prompts, out, *extra):
     return [
-        "generate", "--image", str(image), "--prompts", str(prompts), "--model", str(model_dir),
-        "--frames", "9", "--steps", "2", "--device", "cpu", "--out", str(out), *extra,
+        "generate", "--images", str(image), "--prompts", str(prompts), "--model", str(model_dir),
+        "--num-frames", "9", "--steps", "2", "--device", "cpu", "--out", str(out), *extra,
     ]  # fmt: skip
 
 
@@ -50,27 +50,38 @@ def test_generate_writes_the_film_and_keeps_clips(model_dir, inputs, tmp_path):
     assert main(args_for(model_dir, image, prompts, out, "--clips", "3")) == 0
     assert out.is_file() and not (tmp_path / "out" / "film.preview.mp4").exists()
     assert mp4_frame_count(out) == 3 * (9 - 5) + 5  # Film: m=5
-    clips = sorted((tmp_path / "out" / "film.clips").glob("clip_*.mkv"))
+    clips = sorted((tmp_path / "out" / "film.clips" / "clips").glob("clip_*.mkv"))
     assert [c.name for c in clips] == ["clip_0000.mkv", "clip_0001.mkv", "clip_0002.mkv"]
     assert read_clip(clips[0]).shape == (9, 32, 48, 3)  # 60x40 → sides floored to multiples of 16
 
 
 def test_rerun_continues_after_the_last_stored_clip_with_identical_frames(model_dir, inputs, tmp_path, monkeypatch):
     image, prompts = inputs
+    args = ["--clips", "4", "--mode", "shot"]
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache-a"))
+    assert main(args_for(model_dir, image, prompts, tmp_path / "straight.mp4", *args)) == 0
+    uninterrupted = [read_clip(tmp_path / "straight.clips" / "clips" / f"clip_{k:04d}.mkv") for k in range(4)]
+
+    # A run that dies during clip 2 (in a fresh clip store), then the same command again.
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache-b"))
     out = tmp_path / "film.mp4"
-    assert main(args_for(model_dir, image, prompts, out, "--clips", "4", "--mode", "shot")) == 0
-    work = tmp_path / "film.clips"
-    uninterrupted = [read_clip(work / f"clip_{k:04d}.mkv") for k in range(4)]
-    # As if the run had died during clip 2: its files and everything after are gone.
-    for k in (2, 3):
-        (work / f"clip_{k:04d}.mkv").unlink()
-        (work / f"clip_{k:04d}.state.safetensors").unlink()
-    out.unlink()
-    calls = []
+    calls, killed = [], {"during clip 2": True}
     real_render = ClipSampler.render
-    monkeypatch.setattr(ClipSampler, "render", lambda self, *a, **k: calls.append(a[1]) or real_render(self, *a, **k))
-    assert main(args_for(model_dir, image, prompts, out, "--clips", "4", "--mode", "shot")) == 0
+
+    def dies_once_during_clip_2(self, *a, **k):
+        if a[1] == 42 * 2 and killed.pop("during clip 2", False):
+            raise KeyboardInterrupt("killed during clip 2")
+        calls.append(a[1])
+        return real_render(self, *a, **k)
+
+    monkeypatch.setattr(ClipSampler, "render", dies_once_during_clip_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(args_for(model_dir, image, prompts, out, *args))
+    assert calls == [0, 42] and not out.exists()
+    calls.clear()
+    assert main(args_for(model_dir, image, prompts, out, *args)) == 0
     assert calls == [42 * 2, 42 * 3]  # only clips 2 and 3 were rendered again
+    work = tmp_path / "film.clips" / "clips"
     for k in range(4):
         assert torch.equal(read_clip(work / f"clip_{k:04d}.mkv"), uninterrupted[k])
 
@@ -79,10 +90,10 @@ def test_a_different_request_never_overwrites_stored_clips(model_dir, inputs, tm
     image, prompts = inputs
     out = tmp_path / "film.mp4"
     assert main(args_for(model_dir, image, prompts, out, "--clips", "1")) == 0
-    before = (tmp_path / "film.clips" / "clip_0000.mkv").read_bytes()
+    before = (tmp_path / "film.clips" / "clips" / "clip_0000.mkv").read_bytes()
     assert main(args_for(model_dir, image, prompts, out, "--clips", "1", "--seed", "7")) == 2
-    assert "holds clips of a different request" in capsys.readouterr().err
-    assert (tmp_path / "film.clips" / "clip_0000.mkv").read_bytes() == before
+    assert "holds another film (different seed)" in capsys.readouterr().err
+    assert (tmp_path / "film.clips" / "clips" / "clip_0000.mkv").read_bytes() == before
     assert main(args_for(model_dir, image, prompts, out, "--clips", "1", "--seed", "7", "--overwrite")) == 0
 
 
@@ -115,7 +126,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(model_dir, inputs, tmp_path, cap
     elif case == "m >= frames":
         extra = ["--motion-frames", "9"]
     elif case == "frames not 4k+1":
-        extra = ["--frames", "10"]
+        extra = ["--num-frames", "10"]
     elif case == "empty prompt stream":
         prompts = tmp_path / "empty.txt"
         prompts.write_text("# nothing yet\n")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.prompt_files import PromptFileError, read_prompt_file
-from pipeline.reference import ImageInputError, film_size, load_reference
+from pipeline.retrieve import ImageInputError, film_size, load_reference
+from pipeline.storyline import PromptFileError, read_prompt_file
 
 
 def write(tmp_path, name, text):

@@ -13,7 +13,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
 from PIL import Image
 
 from svi_model.chain import FilmRenderer
-from svi_model.recipes import preset
+from svi_model.modes import mode_settings
 from svi_model.sampler import ClipSampler, mask_and_latents
 from svi_model.schedule import SVIFlowMatchScheduler
 from svi_model.tiny import tiny_components
@@ -49,11 +49,11 @@ def svi_video() -> torch.Tensor:
     components = tiny_components()
     components["scheduler"] = SVIFlowMatchScheduler()
     sampler = ClipSampler(WanImageToVideoPipeline(**components), negative_prompt=NEGATIVE)
-    settings = preset("tom", num_frames=FRAMES, steps=STEPS)  # m=1, zero padding
+    settings = mode_settings("tom", num_frames=FRAMES, steps=STEPS)  # m=1, zero padding
     condition = FilmRenderer(sampler, settings, frame(), [PROMPT]).condition(0, None)
     latents = sampler.denoise(
         mask_and_latents(condition.latents),
-        sampler.image_embeddings(condition.clip_frame),
+        sampler.image_embeddings(condition.image_encoder_frame),
         sampler.text_embeddings(PROMPT),
         sampler.text_embeddings(NEGATIVE),
         SEED,

@@ -21,17 +21,17 @@ from icrawler.builtin.google import GoogleFeeder
 from icrawler.utils import Signal
 from PIL import Image
 
-from pipeline.crawl import BaiduSearchFeeder, BingSearchFeeder, GoogleSearchFeeder
-from pipeline.reference import normalise_reference
 from pipeline.retrieve import (
     ImageRecord,
     RetrievalError,
     RetrievalReport,
     RetrieveRequest,
     choose_references,
+    normalise_reference,
     read_report,
     retrieve_images,
 )
+from pipeline.retrieve.crawl import BaiduSearchFeeder, BingSearchFeeder, GoogleSearchFeeder
 
 FAST = dict(queue_timeout_s=0.2, request_timeout_s=5, crawl_timeout_s=20)
 

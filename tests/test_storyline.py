@@ -14,22 +14,21 @@ from PIL import Image
 from pydantic import ValidationError
 from tiny_qwen import save_tiny_qwen
 
-from pipeline import storyline as storyline_module
-from pipeline.prompt_files import read_prompt_file
 from pipeline.storyline import (
     ChatTurn,
     Storyline,
     StorylineError,
     StorylineRequest,
     StorylineServerError,
-    ask_for_prompts,
-    instruction_text,
+    conversation,
+    read_prompt_file,
     save_storyline,
     write_storyline,
 )
-from pipeline.storyline_qwen import loaded_processor, loaded_qwen
-from pipeline.storyline_replies import ReplyError, prompts_from_reply
-from pipeline.storyline_template import template_prompts
+from pipeline.storyline.conversation import ask_for_prompts, instruction_text
+from pipeline.storyline.qwen_chat import loaded_processor, loaded_qwen
+from pipeline.storyline.replies import ReplyError, prompts_from_reply
+from pipeline.storyline.template import template_prompts
 
 GOOD = [
     "A red ball rests on a sunny green meadow under a clear blue sky, then starts to roll slowly to the right.",
@@ -148,7 +147,7 @@ def test_instruction_names_the_clips_topic_style_genre_and_reply_shape():
 def test_a_broken_instruction_file_names_itself(tmp_path, monkeypatch):
     broken = tmp_path / "storyline.md"
     broken.write_text("Write {clips} prompts about {subject}.", encoding="utf-8")
-    monkeypatch.setattr(storyline_module, "INSTRUCTION", broken)
+    monkeypatch.setattr(conversation, "INSTRUCTION", broken)
     with pytest.raises(StorylineError, match=r"storyline\.md.*subject"):
         instruction_text(StorylineRequest())
 

@@ -3,13 +3,12 @@
 import pytest
 import torch
 
-from pipeline.engines import EngineSpec
 from pipeline.run_folder import RunFolder, load_state, save_reference_png
-from pipeline.synthesize import ClipStore, synthesize_clip
-from pipeline.video_files import read_clip
-from svi_model.recipes import preset
+from pipeline.synthesize import ClipJob, ClipStore, EngineSpec, synthesize_clip
+from svi_model.modes import mode_settings
 from svi_model.sampler import ClipSampler
 from svi_model.tiny import save_tiny_model
+from svi_model.video_files import read_clip
 
 PROMPTS = ["a red ball on the grass", "the ball rolls", "the ball stops"]
 
@@ -36,8 +35,8 @@ def new_run(path, reference) -> RunFolder:
 
 
 def render_all(run, prompts, engine, store, n=3):
-    settings = preset("film", num_frames=9, steps=2)
-    return [synthesize_clip(run, k, settings, prompts, engine, store=store) for k in range(n)]
+    job = ClipJob(settings=mode_settings("film", num_frames=9, steps=2), prompts=prompts, engine=engine)
+    return [synthesize_clip(run, k, job, store=store) for k in range(n)]
 
 
 def test_clips_are_made_once_and_reused_across_run_folders(tmp_path, reference, engine, render_calls):
@@ -66,4 +65,15 @@ def test_changing_one_prompt_recomputes_that_clip_and_the_ones_after(tmp_path, r
 def test_a_clip_needs_the_one_before(tmp_path, reference, engine):
     run = new_run(tmp_path / "a", reference)
     with pytest.raises(FileNotFoundError, match="clip 2 needs clip 1 first"):
-        synthesize_clip(run, 2, preset("film", num_frames=9, steps=2), PROMPTS, engine, store=ClipStore(tmp_path / "s"))
+        job = ClipJob(settings=mode_settings("film", num_frames=9, steps=2), prompts=PROMPTS, engine=engine)
+        synthesize_clip(run, 2, job, store=ClipStore(tmp_path / "s"))
+
+
+def test_placing_a_stored_clip_again_leaves_no_temporary_file(tmp_path, reference, engine):
+    store = ClipStore(tmp_path / "store")
+    run = new_run(tmp_path / "a", reference)
+    key = render_all(run, PROMPTS, engine, store, n=1)[0].key
+    before = run.clip(0).stat().st_ino
+    store.materialise(key, run, 0)  # the run folder's clip already is the stored file (a hard link)
+    assert sorted(p.name for p in run.clips.iterdir()) == ["clip_0000.mkv", "clip_0000.state.safetensors"]
+    assert run.clip(0).stat().st_ino == before == store.clip(key).stat().st_ino

@@ -1,4 +1,4 @@
-"""Training clips for Error-Recycling Fine-Tuning: the dataset index, video decoding and clip sampling.
+"""Training clips for Error-Recycling Fine-Tuning: the dataset index and clip sampling (decoding: `video_files`).
 
 Two dataset layouts are read (`read_video_index` tells them apart):
 * MixKit, the authors' layout: `root/<category>/<category>.csv` with the columns
@@ -16,18 +16,18 @@ Raw mode: `ClipDataset` yields a fresh `TrainingSample` per access, to be encode
 """
 
 import csv
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
 import torch
-from PIL import Image
 
 from ..conditioning import Padding, condition_video
+from ..modes import MODES
+from ..seeds import derived_seed
+from ..video_files import VideoReadError, probe_video, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,12 @@ CROP_JITTER = 14
 END_MARGIN = 5
 
 MissingCaption = Literal["error", "skip", "category"]
+# Training clips are conditioned on decoded frames, so they exist for the modes that chain pixels.
+PIXEL_CHAINED_MODES = tuple(name for name, fields in MODES.items() if fields["chaining"] == "pixels")
 
 
 class DatasetError(ValueError):
     """A dataset folder, index file or row is unusable; the message names the file (and row) and what to fix."""
-
-
-class VideoReadError(DatasetError):
-    """A video cannot be opened or decoded, or stops before the frames a clip needs."""
 
 
 @dataclass(frozen=True)
@@ -152,11 +150,14 @@ def _mixkit_index(root: Path, policy: MissingCaption) -> list[VideoItem]:
 
 @dataclass(frozen=True)
 class ClipSettings:
-    """How training clips are cut and conditioned. Defaults: SVI-Film as released (Wan's 81 frames at 480×832).
+    """How training clips are cut and conditioned. Defaults: SVI-Film as released (Wan's 81 frames at 480×832);
+    `for_mode` gives another mode's.
 
-    motion_frames: m when motion frames are used (Film 5, Shot 1); with m > 1 a clip uses m motion frames with
-        `motion_probability` (released 0.9, the paper's Table 9 says 0.95) and the first frame alone otherwise.
-    padding: "zeros" (Film, Tom) or "reference" (Shot, Talk, Dance: every padding frame is one anchor frame).
+    motion_frames: m when motion frames are used (the mode's: Film 5, Shot 1); with m > 1 a clip uses m motion
+        frames with `motion_probability` (released 0.9, the paper's Table 9 says 0.95) and the first frame alone
+        otherwise.
+    padding: the mode's, "zeros" (Film, Tom) or "reference" (Shot, Talk, Dance: every padding frame is one anchor
+        frame).
     padding_anchor: the reference padding frame is a random frame "inside" the clip (the authors' code, the
         released Shot LoRA) or "outside" it (their later advice: an anchor the clip cannot simply copy).
     """
@@ -164,9 +165,9 @@ class ClipSettings:
     num_frames: int = 81
     height: int = 480
     width: int = 832
-    motion_frames: int = 5
+    motion_frames: int = MODES["film"]["motion_frames"]
     motion_probability: float = 0.9
-    padding: Padding = "zeros"
+    padding: Padding = MODES["film"]["padding"]
     padding_anchor: Literal["inside", "outside"] = "inside"
 
     def __post_init__(self):
@@ -179,9 +180,20 @@ class ClipSettings:
         if self.padding not in ("zeros", "reference") or self.padding_anchor not in ("inside", "outside"):
             raise ValueError(f"unknown padding {self.padding!r} or padding_anchor {self.padding_anchor!r}")
 
+    @classmethod
+    def for_mode(cls, mode: str, **changes) -> "ClipSettings":
+        """The clips of an inference mode (`svi_model.modes.MODES`): its motion frames and padding, then `changes`.
 
-FILM = ClipSettings()
-SHOT = ClipSettings(motion_frames=1, padding="reference")
+        e.g. `ClipSettings.for_mode("shot", num_frames=33)`. ValueError for a mode that chains latents (Pro) or is
+        unknown.
+        """
+        if mode not in PIXEL_CHAINED_MODES:
+            raise ValueError(
+                f"no training clips for mode {mode!r}: the trainable modes are those that chain pixels, "
+                f"{', '.join(PIXEL_CHAINED_MODES)}"
+            )
+        fields = MODES[mode]
+        return cls(**{"motion_frames": fields["motion_frames"], "padding": fields["padding"], **changes})
 
 
 @dataclass(frozen=True)
@@ -262,76 +274,6 @@ def draw_clip_plan(
     return ClipPlan(start, count, repeated, crop, motion, anchor)
 
 
-def derived_seed(*parts: int | str) -> int:
-    """A 63-bit seed from integers and strings, the same in every process (unlike Python's salted `hash`)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-# ---- decoding -------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a video's container says: native frame count and frame size."""
-
-    frame_count: int
-    height: int
-    width: int
-
-
-def _unreadable(path: Path, error: Exception) -> VideoReadError:
-    return VideoReadError(f"cannot read video {path} ({type(error).__name__}: {error}); re-download or remove it")
-
-
-def probe_video(path: Path) -> VideoInfo:
-    """Frame count and size from the container, without decoding (MKV keeps no count: its packets are counted)."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoReadError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-            info = VideoInfo(count, stream.codec_context.height, stream.codec_context.width)
-    except (av.FFmpegError, OSError) as error:
-        raise _unreadable(path, error) from error
-    if info.frame_count == 0 or info.height == 0:
-        raise VideoReadError(f"{path} holds no frames")
-    return info
-
-
-def read_frames(
-    path: Path, wanted: set[int], info: VideoInfo, crop: tuple[int, int, int, int], size: tuple[int, int]
-) -> dict[int, np.ndarray]:
-    """Decode the frames `wanted` of `path`, each cropped to `crop` and resized to `size` (height, width).
-
-    Returns {native index: uint8 [height, width, 3]}. Decodes sequentially from the first frame and stops after
-    the last wanted one; each wanted frame is cropped and resized as it arrives, so 81 native 4K frames are never
-    held at once.
-    """
-    last, frames = max(wanted), {}
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for index, frame in enumerate(container.decode(stream)):
-                if index in wanted:
-                    if (frame.height, frame.width) != (info.height, info.width):
-                        raise VideoReadError(f"{path} changes size mid-stream at frame {index}")
-                    image = Image.fromarray(frame.to_ndarray(format="rgb24")).crop(crop)
-                    frames[index] = np.array(image.resize(size[::-1], Image.Resampling.BILINEAR))
-                if index >= last:
-                    break
-    except (av.FFmpegError, OSError) as error:
-        raise _unreadable(path, error) from error
-    if len(frames) < len(wanted):
-        raise VideoReadError(
-            f"{path} decodes to fewer frames than its header's {info.frame_count}: frame {min(wanted - set(frames))} "
-            "is missing; re-encode the video"
-        )
-    return frames
-
-
 # ---- one training sample --------------------------------------------------------------------------------------------
 
 
@@ -340,20 +282,26 @@ class TrainingSample:
     """One clip, ready for the frozen encoders.
 
     frames: uint8 `[F, H, W, 3]`. condition: float32 `[3, F, H, W]` in [-1, 1], `condition_video` of the first
-    m frames (and the anchor frame with reference padding). clip_frame: uint8 `[H, W, 3]`, the first motion
-    frame, whose CLIP tokens the clip sees (as at test time).
+    m frames (and the anchor frame with reference padding).
+    image_encoder_frame: uint8 `[H, W, 3]`, the frame whose CLIP image-encoder tokens the clip sees: the first
+    motion frame, as at test time.
     """
 
     frames: torch.Tensor
     caption: str
     condition: torch.Tensor
-    clip_frame: torch.Tensor
+    image_encoder_frame: torch.Tensor
     plan: ClipPlan
     source: Path
 
 
 def sample_training_clip(item: VideoItem, settings: ClipSettings, generator: torch.Generator) -> TrainingSample:
-    """Cut, crop and condition one random clip of `item`. Raises VideoReadError if the video cannot be read."""
+    """Cut, crop and condition one random clip of `item`.
+
+    Raises VideoReadError if the video cannot be read. It stays a plain ValueError, not a DatasetError: it is about
+    one video file, not the dataset, and both callers (`ClipDataset`, `build_latent_cache`) catch it to skip that
+    video; what they raise when no video is left is a DatasetError.
+    """
     info = probe_video(item.path)
     plan = draw_clip_plan(info.frame_count, info.height, info.width, settings, generator)
     wanted = set(plan.frame_indices) | ({plan.anchor_index} if plan.anchor_index is not None else set())
@@ -373,7 +321,9 @@ class ClipDataset(torch.utils.data.Dataset):
     `TrainingSample`s: use `DataLoader(..., batch_size=None)` (batch 1, as trained).
     """
 
-    def __init__(self, items: list[VideoItem], settings: ClipSettings = FILM, seed: int = 0, max_attempts: int = 10):
+    def __init__(
+        self, items: list[VideoItem], settings: ClipSettings = ClipSettings(), seed: int = 0, max_attempts: int = 10
+    ):
         if not items:
             raise DatasetError("ClipDataset needs at least one video")
         self.items, self.settings, self.seed, self.max_attempts = list(items), settings, seed, max_attempts

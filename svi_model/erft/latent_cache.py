@@ -31,16 +31,9 @@ from tqdm.auto import tqdm
 from ..atomic_files import atomic_path, write_text_atomic
 from ..conditioning import unit_range
 from ..sampler import TEXT_TOKENS, ClipSampler
-from .dataset import (
-    FILM,
-    ClipSettings,
-    DatasetError,
-    TrainingSample,
-    VideoItem,
-    VideoReadError,
-    derived_seed,
-    sample_training_clip,
-)
+from ..seeds import derived_seed
+from ..video_files import VideoReadError
+from .dataset import ClipSettings, DatasetError, TrainingSample, VideoItem, sample_training_clip
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +75,7 @@ def encode_sample(sampler: ClipSampler, sample: TrainingSample, info: dict | Non
         latents=sampler.encode(unit_range(sample.frames)),
         condition_latents=sampler.encode(sample.condition),
         text_embeddings=text[0],
-        clip_tokens=sampler.image_embeddings(sample.clip_frame)[0],
+        clip_tokens=sampler.image_embeddings(sample.image_encoder_frame)[0],
         caption=sample.caption,
         info=dict(info or {}, source=str(sample.source), caption=sample.caption, **asdict(sample.plan)),
     )
@@ -155,7 +148,7 @@ def build_latent_cache(
     items: list[VideoItem],
     sampler: ClipSampler,
     out_dir: str | Path,
-    settings: ClipSettings = FILM,
+    settings: ClipSettings = ClipSettings(),
     samples_per_video: int = 1,
     seed: int = 0,
     latent_dtype: torch.dtype = torch.float32,

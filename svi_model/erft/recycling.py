@@ -25,20 +25,23 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from .dataset import derived_seed
+from ..seeds import derived_seed
 from .error_bank import ErrorBank, grid_of
 
 log = logging.getLogger(__name__)
 
-Variant = Literal["film", "shot"]
-Preset = Literal["released", "paper"]
+Recipe = Literal["released", "paper"]
+# Warm-up steps of each recipe: the released scripts' 50, the paper's Table 9 20 (the recipes' only difference here).
+WARMUP_STEPS: dict[str, int] = {"released": 50, "paper": 20}
+# Clean-step probability of each mode the authors trained (their Film and Shot scripts): the modes recycling knows.
+CLEAN_PROBABILITIES: dict[str, float] = {"film": 0.5, "shot": 0.2}
 STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 ERROR_KINDS = ("noise", "image", "video")
 
 
 @dataclass(frozen=True)
 class RecyclingSettings:
-    """How errors are injected and banked. Defaults: SVI-Film as released; `preset` gives the others.
+    """How errors are injected and banked. Defaults: SVI-Film as released; `for_recipe` gives the others.
 
     enabled: False is plain fine-tuning (no injection, no banks).
     *_probability: of injecting E_noi, E_img, E_vid; `clean_probability` of a clean step that injects nothing.
@@ -89,17 +92,19 @@ class RecyclingSettings:
             raise ValueError(f"memory_budget_gb must be positive or None, got {self.memory_budget_gb}")
 
     @classmethod
-    def preset(cls, name: Preset = "released", variant: Variant = "film", **changes) -> "RecyclingSettings":
-        """The settings of the authors' training scripts ("released") or of the paper's Table 9 ("paper").
+    def for_recipe(cls, recipe: Recipe = "released", mode: str = "film", **changes) -> "RecyclingSettings":
+        """The settings of the authors' training scripts ("released") or of the paper's Table 9 ("paper") for a mode
+        of `CLEAN_PROBABILITIES`.
 
         They differ only in warm-up (50 against 20 steps). Table 9 lists one clean probability, 0.5, Film's; Shot
         keeps its script's 0.2 in both. `changes` override fields, e.g. `use_image_errors=False` for an ablation.
         """
-        if name not in ("released", "paper") or variant not in ("film", "shot"):
-            raise ValueError(f"unknown preset {name!r} or variant {variant!r}: use released/paper and film/shot")
-        settings = cls(
-            clean_probability=0.5 if variant == "film" else 0.2, warmup_steps=50 if name == "released" else 20
-        )
+        if recipe not in WARMUP_STEPS or mode not in CLEAN_PROBABILITIES:
+            raise ValueError(
+                f"unknown recipe {recipe!r} or mode {mode!r}: use {'/'.join(WARMUP_STEPS)} and "
+                f"{'/'.join(CLEAN_PROBABILITIES)}"
+            )
+        settings = cls(clean_probability=CLEAN_PROBABILITIES[mode], warmup_steps=WARMUP_STEPS[recipe])
         return replace(settings, **changes)
 
     @property

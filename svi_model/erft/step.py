@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from ..sampler import mask_and_latents, predict_velocity
-from .dataset import derived_seed
+from ..seeds import derived_seed
 from .loss import timestep_weights, training_sigmas, velocity_target, weighted_mse
 from .recycling import ErrorRecycler, PreparedStep
 

@@ -13,11 +13,13 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .dataset import FILM, SHOT, ClipSettings, MissingCaption
-from .recycling import RecyclingSettings
+from ..modes import MODES
+from .dataset import PIXEL_CHAINED_MODES, ClipSettings, MissingCaption
+from .recycling import CLEAN_PROBABILITIES, Recipe, RecyclingSettings
 
-Mode = Literal["film", "shot"]
-Recipe = Literal["released", "paper"]
+# A mode can be trained when its clips can be cut (pixel chaining) and error recycling has its authors' settings.
+TRAINABLE_MODES = tuple(mode for mode in PIXEL_CHAINED_MODES if mode in CLEAN_PROBABILITIES)
+Mode = Literal[TRAINABLE_MODES]
 LEARNING_RATES = {"released": 1e-4, "paper": 2e-5}
 MOTION_PROBABILITIES = {"released": 0.9, "paper": 0.95}
 DEFAULT_EPOCHS = 10
@@ -51,7 +53,7 @@ class DataConfig(BaseModel):
 
 
 class ClipOverrides(BaseModel):
-    """Changes to the mode's clip settings (Film: 5 motion frames, zero padding; Shot: 1, reference padding)."""
+    """Changes to the mode's clip settings (`ClipSettings.for_mode`: the mode's motion frames and padding)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,7 +74,12 @@ class TrainConfig(BaseModel):
     model: Path = Field(description="local Wan2.1-I2V-14B-480P folder (diffusers or original layout)")
     data: DataConfig
     output_dir: Path = Field(description="checkpoints/, logs/, and the final LoRA files go here")
-    mode: Mode = Field("film", description="film (5 motion frames, zero padding) or shot (1, reference padding)")
+    mode: Mode = Field(
+        "film",
+        description="; ".join(
+            f"{mode}: m={MODES[mode]['motion_frames']}, {MODES[mode]['padding']} padding" for mode in TRAINABLE_MODES
+        ),
+    )
     recipe: Recipe = Field("released", description="released: the authors' scripts; paper: Table 9")
     recycling: dict[str, Any] = Field(
         default_factory=dict, description="overrides of RecyclingSettings, e.g. enabled: false (plain fine-tuning)"
@@ -124,18 +131,17 @@ class TrainConfig(BaseModel):
 
     def clip_settings(self) -> ClipSettings:
         """How clips are cut and conditioned: the mode's, the recipe's motion probability, then `clip:`."""
-        base = FILM if self.mode == "film" else SHOT
         changes = {"motion_probability": MOTION_PROBABILITIES[self.recipe]}
         changes |= self.clip.model_dump(exclude_none=True)
         try:
-            return dataclasses.replace(base, **changes)
+            return ClipSettings.for_mode(self.mode, **changes)
         except ValueError as error:
             raise ValueError(f"clip: {error}") from error
 
     def recycling_settings(self) -> RecyclingSettings:
-        """The recipe's recycling preset for the mode, then `recycling:`."""
+        """The recipe's recycling settings for the mode, then `recycling:`."""
         try:
-            return RecyclingSettings.preset(self.recipe, self.mode, **self.recycling)
+            return RecyclingSettings.for_recipe(self.recipe, self.mode, **self.recycling)
         except (TypeError, ValueError) as error:
             raise ValueError(f"recycling: {error}") from error
 

@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 from ..atomic_files import write_text_atomic
 from ..conditioning import latent_frame_count
 from ..loading import load_wan_transformer
+from ..seeds import derived_seed
 from .checkpoints import ADAPTER_FILE, CheckpointFolder, TrainerState, recycler_file
-from .dataset import ClipDataset, derived_seed, read_video_index
+from .dataset import ClipDataset, read_video_index
 from .error_bank import grid_sigmas
 from .latent_cache import LatentCacheDataset
 from .lora_training import (

@@ -17,8 +17,9 @@ from diffusers import WanImageToVideoPipeline
 from ..conditioning import unit_range
 from ..loading import load_wan_pipeline
 from ..sampler import ClipSampler
+from ..seeds import derived_seed
 from .augmentation import augment_condition_frames
-from .dataset import ClipDataset, DatasetError, TrainingSample, VideoItem, derived_seed, read_video_index
+from .dataset import ClipDataset, DatasetError, TrainingSample, VideoItem, read_video_index
 from .latent_cache import CacheBuild, EncodedSample, LatentCacheDataset, build_latent_cache, encode_sample
 from .step import StepInputs
 from .train_config import TrainConfig
@@ -61,15 +62,16 @@ class TrainingClips:
         )
 
     def _augmented(self, sample: TrainingSample, generator: torch.Generator) -> TrainingSample:
-        """The paper's handcrafted-degradation ablation: the motion frames (and so the CLIP frame, the first of
-        them) degraded before they are encoded, as test-time inputs would come degraded from the previous clip."""
+        """The paper's handcrafted-degradation ablation: the motion frames (and so the image-encoder frame, the
+        first of them) degraded before they are encoded, as test-time inputs would come degraded from the previous
+        clip."""
         if not self.augment:
             return sample
         count = sample.plan.motion_count
         motion = augment_condition_frames(sample.frames[:count], generator)
         condition = sample.condition.clone()
         condition[:, :count] = unit_range(motion)
-        return dataclasses.replace(sample, condition=condition, clip_frame=motion[0])
+        return dataclasses.replace(sample, condition=condition, image_encoder_frame=motion[0])
 
 
 def cpu_pipeline(config: TrainConfig) -> WanImageToVideoPipeline:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-LIBRARY = Path(__file__).resolve().parent.parent / "assets" / "images"
+LIBRARY = Path(__file__).resolve().parents[2] / "assets" / "images"
 
 
 def singular(word: str) -> str:

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
-from .storyline import ChatTurn, StorylineError
+from .conversation import chat_storyline
+from .request import ChatTurn, Storyline, StorylineError, StorylineRequest
 
 # What a Qwen2.5-VL-Instruct download holds; each entry is (what it is, any one of these files).
 REQUIRED_FILES = [
@@ -143,3 +144,17 @@ class QwenChat:
             output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return processor.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)[0]
+
+
+def qwen_storyline(image: Path, request: StorylineRequest) -> Storyline:
+    """The storyline Qwen2.5-VL in `request.qwen_model` writes for the picture at `image`."""
+    chat = QwenChat(
+        folder=request.qwen_model,
+        device=request.device,
+        min_pixels=request.min_pixels,
+        max_pixels=request.max_pixels,
+        max_new_tokens=request.reply_token_limit(),
+        temperature=request.temperature,
+        seed=request.seed,
+    )
+    return chat_storyline(chat, str(request.qwen_model), image, request)

@@ -1,6 +1,6 @@
-"""The SVI variants as settings: how clips are conditioned, chained, prompted and stitched.
+"""The SVI modes as settings: how clips are conditioned, chained, prompted and stitched.
 
-| preset | chaining | motion frames m | padding   | prompts                       | released LoRA                  |
+| mode   | chaining | motion frames m | padding   | prompts                       | released LoRA                  |
 |--------|----------|-----------------|-----------|-------------------------------|--------------------------------|
 | shot   | pixels   | 1               | reference | the first prompt for all      | svi-shot.safetensors           |
 | film   | pixels   | 5               | zeros     | stream, `prompts[(k//r) % L]` | svi-film-opt-10212025          |
@@ -18,10 +18,10 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from .conditioning import TEMPORAL_COMPRESSION
+from .seeds import derived_seed
 
 Chaining = Literal["pixels", "latents"]
 PromptMode = Literal["first", "stream"]
-PRESET_NAMES = ("shot", "film", "tom", "pro")
 
 
 class FilmSettings(BaseModel):
@@ -36,7 +36,7 @@ class FilmSettings(BaseModel):
     num_frames: int = Field(81, description="frames per clip, 4k+1")
     steps: int = Field(50, ge=1)
     guidance_scale: float = Field(5.0, ge=1.0)
-    seed: int = Field(42, ge=0, description="clip k uses seed·k")
+    seed: int = Field(42, ge=0, description="clip k uses seed·k (a retake of it another seed: `seed_for`)")
 
     @model_validator(mode="after")
     def _frames_fit(self) -> "FilmSettings":
@@ -71,21 +71,32 @@ class FilmSettings(BaseModel):
             return prompts[0]
         return prompts[(clip // self.prompt_repeat) % len(prompts)]
 
-    def seed_for(self, clip: int) -> int:
-        """Clip k's noise seed, base·k as the authors do: identical noise in every clip accumulates artifacts."""
-        return self.seed * clip
+    def seed_for(self, clip: int, attempt: int = 0) -> int:
+        """Clip k's noise seed. Attempts are re-renders of a clip that failed a per-clip check.
+
+        Attempt 0 is base·k, as the authors do (identical noise in every clip accumulates artifacts), so films and
+        anything keyed by it stay as they were. Attempt a ≥ 1 draws a seed from (base, k, a): each retake gets
+        different noise, and the same retake the same noise in any run.
+        """
+        if attempt < 0:
+            raise ValueError(f"attempt must be 0 (the first render) or more, got {attempt}")
+        if attempt == 0:
+            return self.seed * clip
+        return derived_seed(self.seed, clip, "retake", attempt)
 
 
-_PRESETS: dict[str, dict] = {
+# name → the FilmSettings fields that make the mode; everything else keeps FilmSettings' defaults.
+MODES: dict[str, dict] = {
     "shot": dict(chaining="pixels", motion_frames=1, padding="reference", prompt_mode="first"),
     "film": dict(chaining="pixels", motion_frames=5, padding="zeros", prompt_mode="stream"),
     "tom": dict(chaining="pixels", motion_frames=1, padding="zeros", prompt_mode="stream"),
     "pro": dict(chaining="latents", motion_frames=1, padding="zeros", prompt_mode="stream"),
 }
+MODE_NAMES = tuple(MODES)
 
 
-def preset(name: str, **overrides) -> FilmSettings:
-    """The settings of a named variant, with any field overridden (e.g. `preset("film", steps=8)`)."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown mode {name!r}: choose one of {', '.join(PRESET_NAMES)}")
-    return FilmSettings(**{**_PRESETS[name], **overrides})
+def mode_settings(name: str, **overrides) -> FilmSettings:
+    """The settings of a named mode, with any field overridden (e.g. `mode_settings("film", steps=8)`)."""
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}: choose one of {', '.join(MODE_NAMES)}")
+    return FilmSettings(**{**MODES[name], **overrides})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .file_hashes import file_sha256
+from ..hashing import file_sha256
 
 # PIL reports camera JPEGs carrying extra pictures (multi-picture format) as "MPO"; they are JPEGs to a user.
 _FORMAT_ALIASES = {"MPO": "JPEG"}

@@ -4,7 +4,6 @@ A Wan2.1-I2V-14B load takes minutes and ~40 GB; every clip task of a film (and o
 process) reuses the loaded engine. The registry is keyed by everything that changes the loaded weights.
 """
 
-import hashlib
 import threading
 from pathlib import Path
 from typing import Literal
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from svi_model.sampler import ClipSampler
 
-from .file_hashes import file_sha256
+from ..hashing import file_sha256, folder_fingerprint
 
 
 def _default_device() -> str:
@@ -52,19 +51,6 @@ class EngineSpec(BaseModel):
             "dtype": str(self.torch_dtype),
             "vae_tiling": self.vae_tiling,
         }
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """A model folder's identity without reading 30 GB of weights: its resolved path, and every file's
-    relative name and size, plus the content of its small (config, index, tokenizer) files."""
-    folder = Path(folder).resolve()
-    digest = hashlib.sha256(str(folder).encode())
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder)}:{size}".encode())
-        if size < (1 << 20):
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 _engines: dict[EngineSpec, ClipSampler] = {}

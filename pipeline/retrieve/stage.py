@@ -1,9 +1,10 @@
 """The retrieve stage: keywords → checked candidate images in `images/` → the reference image(s) a film starts from.
 
-Sources: the bundled library (offline default), a web search (Bing, Google, Baidu, Flickr) or one site (greedy)
-through icrawler, a list of URLs, or the user's own folder. Every candidate, whatever its source, is checked the
-same way (`image_checks.inspect_image`), near-duplicates are dropped by perceptual hash, and `images/meta.json`
-records every candidate: where it came from, its hash and size, and why it was rejected.
+Sources (the table `IMAGE_SOURCES`, filled in `sources.py`): the bundled library (offline default), a web search
+(Bing, Google, Baidu, Flickr) or one site (greedy) through icrawler, a list of URLs, or the user's own folder. Every
+candidate, whatever its source, is checked the same way (`image_checks.inspect_image`), near-duplicates are dropped
+by perceptual hash, and `images/meta.json` records every candidate: where it came from, its hash and size, and why
+it was rejected.
 
 Files in `images/`: accepted candidates as `img_0001.jpg`, … byte for byte as fetched (EXIF orientation is not
 baked in; sizes in meta.json are after orientation, and `normalise_reference` applies it). Rejected files are not
@@ -15,80 +16,17 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, Field
 
 from svi_model.atomic_files import write_text_atomic
 
-from .bundled_images import match_library
-from .crawl import check_search_filters, crawl_candidates
 from .image_checks import format_suffix, hash_distance, inspect_image
-from .keywords import Keywords
 from .reference import FILM_SIZE
-
-Source = Literal["bundled", "bing", "google", "baidu", "flickr", "greedy", "urls", "folder"]
-SEARCH_ENGINES = ("bing", "google", "baidu")
-
-# A web crawl fetches this many candidates per wanted image: thumbnails, broken links and duplicates are common.
-CANDIDATES_PER_IMAGE = 3
+from .request import IMAGE_SOURCES, Candidates, RetrievalError, RetrieveRequest
 
 # The film's own shape (832×480): choose_references prefers pictures that fill it.
 FILM_ASPECT = FILM_SIZE[0] / FILM_SIZE[1]
-
-
-class RetrievalError(ValueError):
-    """Retrieval could not give an image to start from; the message names the input and what to do."""
-
-
-class RetrieveRequest(BaseModel):
-    """Where to look for pictures for `keywords`, and what a usable picture is."""
-
-    keywords: Keywords = Field(min_length=1, description="what the film is about, e.g. ['red ball', 'meadow']")
-    source: Source = "bundled"
-    site: HttpUrl | None = Field(None, description="source='greedy': the site to collect images from")
-    urls: list[HttpUrl] = Field(default_factory=list, description="source='urls': image addresses")
-    folder: Path | None = Field(None, description="source='folder': a folder of the user's own pictures")
-    search_url: str | None = Field(
-        None, description="bing/google/baidu: the engine's search address (a mirror, or a test server); None: real"
-    )
-    filters: dict[str, str] = Field(
-        default_factory=dict,
-        description="icrawler search filters, e.g. {'license': 'commercial,modify'} for bing, or Flickr search "
-        "parameters (e.g. {'license': '9,10'})",
-    )
-    max_images: int = Field(8, ge=1, description="most accepted images kept")
-    min_side: int = Field(256, ge=16, description="shortest side a picture may have, px")
-    max_pixels: int = Field(40_000_000, ge=1, description="largest width×height accepted (decompression-bomb cap)")
-    formats: tuple[str, ...] = Field(("JPEG", "PNG", "WEBP"), min_length=1, description="PIL format names")
-    aspect_range: tuple[float, float] = Field((1 / 3, 3.0), description="allowed width/height, low..high")
-    duplicate_distance: int = Field(4, ge=0, le=64, description="dHash distance (of 64 bits) that counts as same")
-    downloader_threads: int = Field(4, ge=1)
-    request_timeout_s: float = Field(10.0, gt=0, description="per HTTP request")
-    queue_timeout_s: float = Field(2.0, gt=0, description="how long icrawler's threads wait for work before ending")
-    crawl_timeout_s: float = Field(120.0, gt=0, description="the whole crawl")
-
-    @field_validator("formats")
-    @classmethod
-    def _pil_format_names(cls, formats: tuple[str, ...]) -> tuple[str, ...]:
-        # PIL names formats JPEG and TIFF; users often write the file suffix.
-        return tuple({"JPG": "JPEG", "TIF": "TIFF"}.get(f.upper(), f.upper()) for f in formats)
-
-    @model_validator(mode="after")
-    def _source_has_its_input(self) -> "RetrieveRequest":
-        needs = {"greedy": ("site", self.site), "urls": ("urls", self.urls), "folder": ("folder", self.folder)}
-        if self.source in needs and not needs[self.source][1]:
-            raise ValueError(f"source={self.source!r} needs {needs[self.source][0]}=…")
-        low, high = self.aspect_range
-        if not 0 < low <= high:
-            raise ValueError(f"aspect_range {self.aspect_range} must be (low, high) with 0 < low <= high")
-        if self.search_url and self.source not in SEARCH_ENGINES:
-            raise ValueError(f"search_url is for the search engines {SEARCH_ENGINES}, not source={self.source!r}")
-        if self.filters and self.source not in (*SEARCH_ENGINES, "flickr"):
-            raise ValueError(f"filters are for the search engines {SEARCH_ENGINES} and flickr, not {self.source!r}")
-        if self.filters and self.source in SEARCH_ENGINES:
-            check_search_filters(self.source, self.filters)
-        return self
 
 
 class ImageRecord(BaseModel):
@@ -111,7 +49,7 @@ class ImageRecord(BaseModel):
 class RetrievalReport(BaseModel):
     """What retrieval found: every candidate in the order they came, accepted or not (meta.json holds this)."""
 
-    source: Source
+    source: str
     keywords: list[str]
     note: str | None = Field(None, description="anything the user should know, e.g. that no bundled tag matched")
     candidates: list[ImageRecord]
@@ -130,17 +68,7 @@ def read_report(images_dir: str | os.PathLike) -> RetrievalReport:
     return RetrievalReport.model_validate_json((Path(images_dir) / "meta.json").read_text(encoding="utf-8"))
 
 
-def _folder_candidates(folder: Path) -> list[tuple[Path, str]]:
-    if not folder.is_dir():
-        raise RetrievalError(
-            f"image folder {folder} does not exist or is not a folder: give --images DIR, a folder holding the "
-            "pictures to start from"
-        )
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [(path, str(path)) for path in files]
-
-
-def _inspect_all(candidates: list[tuple[Path, str]], request: RetrieveRequest) -> list[ImageRecord]:
+def _inspect_all(candidates: Candidates, request: RetrieveRequest) -> list[ImageRecord]:
     """One record per candidate file, named `img_0001.jpg`, … in candidate order by the format PIL found."""
     records = []
     for index, (path, source) in enumerate(candidates, start=1):
@@ -188,33 +116,20 @@ def _nothing_usable(report: RetrievalReport, images_dir: Path) -> RetrievalError
     )
 
 
-def _gather(request: RetrieveRequest, staging: Path) -> tuple[list[tuple[Path, str]], str | None]:
-    """The candidate files for `request` as (file, where it came from), and a note for the user, if any."""
-    if request.source == "bundled":
-        paths, matched = match_library(request.keywords)
-        note = None if matched else f"no bundled picture is tagged with any of {request.keywords}: all are offered"
-        return [(path, str(path)) for path in paths[: request.max_images]], note
-    if request.source == "folder":
-        return _folder_candidates(request.folder), None
-    max_num = len(request.urls) if request.source == "urls" else request.max_images * CANDIDATES_PER_IMAGE
-    return crawl_candidates(request, staging, max_num), None
-
-
 def retrieve_images(request: RetrieveRequest, run_dir: str | os.PathLike) -> RetrievalReport:
     """Gather, check and keep candidate images for `request` in `run_dir/images/`, with `images/meta.json`.
 
     Raises RetrievalError (after writing meta.json, so the reasons can be read) when no image is usable, when the
     user's folder is missing, or when Flickr is asked for without FLICKR_API_KEY.
     """
-    if request.source == "flickr" and not os.environ.get("FLICKR_API_KEY"):
-        raise RetrievalError(
-            "source 'flickr' needs an API key: set FLICKR_API_KEY (get one at https://www.flickr.com/services/api/)"
-        )
+    missing = request.missing_environment()
+    if missing is not None:
+        raise missing
     run_dir = Path(run_dir)
     images_dir, building = run_dir / "images", run_dir / "images.partial"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    candidates, note = _gather(request, building / "staging")
+    candidates, note = IMAGE_SOURCES[request.source].gather(request, building / "staging")
     records = _inspect_all(candidates, request)
     _reject_duplicates(records, request.duplicate_distance)
     for record in [r for r in records if r.accepted][request.max_images :]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from .storyline import ChatTurn, StorylineError, StorylineServerError
+from .conversation import chat_storyline
+from .request import ChatTurn, Storyline, StorylineError, StorylineRequest, StorylineServerError
 
 
 def image_data_url(image: Path, max_pixels: int) -> str:
@@ -107,3 +108,19 @@ class OpenAIChat:
             raise StorylineError(f"{self.url} answered with no chat completion: {response.text[:500]}") from err
         # A refusal comes back as null content: an empty reply, which is re-asked like any other bad one.
         return content or ""
+
+
+def openai_storyline(image: Path, request: StorylineRequest) -> Storyline:
+    """The storyline the model served at `request.openai_base_url` writes for the picture at `image`."""
+    chat = OpenAIChat(
+        base_url=request.openai_base_url,
+        model=request.openai_model,
+        api_key_env=request.openai_api_key_env,
+        json_mode=request.openai_json_mode,
+        max_pixels=request.max_pixels,
+        max_tokens=request.reply_token_limit(),
+        temperature=request.temperature,
+        seed=request.seed,
+        timeout_s=request.timeout_s,
+    )
+    return chat_storyline(chat, f"{request.openai_model} at {request.openai_base_url}", image, request)

@@ -6,6 +6,11 @@ cycled in order. Each beat is "state + motion", and its state is where the previ
 so the stream reads as one continuous shot. The same request always gives the same prompts.
 """
 
+from pathlib import Path
+
+from .replies import ReplyError, checked_prompts
+from .request import Storyline, StorylineError, StorylineRequest
+
 # One beat per clip: the motion during the clip, and the state it leaves for the next clip to start from.
 # {subject} and {setting} are filled in; a beat's state is written to open a sentence.
 BEATS = [
@@ -56,3 +61,17 @@ def template_prompts(clips: int, keywords: list[str], style: str | None = None, 
             state = f"continuing the same shot, {after}"
         prompts.append(f"{lead}{_capitalised(state)}; then {motion}.")
     return prompts
+
+
+def template_storyline(image: Path, request: StorylineRequest) -> Storyline:
+    """The template's prompt stream for the request (the picture is not looked at)."""
+    prompts = template_prompts(request.clips, request.keywords, request.style, request.genre)
+    try:
+        prompts = checked_prompts(prompts, request.clips, request.min_prompt_chars, request.max_prompt_chars)
+    except ReplyError as problem:
+        raise StorylineError(
+            f"the template storyline does not fit the request's prompt lengths ({problem}): "
+            "widen min_prompt_chars..max_prompt_chars"
+        ) from problem
+    about = {"keywords": request.keywords, "style": request.style, "genre": request.genre}
+    return Storyline(prompts=prompts, backend=request.backend, model="template", **about)

@@ -1,7 +1,7 @@
-"""Video files: lossless clips (FFV1 in Matroska) and the H.264 film, through the ffmpeg that moviepy ships.
+"""The film's video: the stored lossless clips (`svi_model.video_files`) cut by the stitching rule and encoded as
+H.264 through the ffmpeg that moviepy ships; chapters joined with a crossfade.
 
-Clips are stored losslessly because the next clip is conditioned on their exact uint8 bytes and a resumed run must
-see what an uninterrupted one saw. The film is written by moviepy from a frame function that reads the stored clips
+The film is written by moviepy from a frame function that reads the stored clips
 one at a time, so a 50-clip film never has to fit in memory.
 """
 
@@ -12,42 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 from moviepy import VideoClip, VideoFileClip, concatenate_videoclips, vfx
 
 from svi_model.atomic_files import atomic_path
-from svi_model.erft.dataset import probe_video
-from svi_model.recipes import FilmSettings
-
-
-def write_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16) -> None:
-    """Store uint8 frames `[F, H, W, 3]` losslessly (FFV1 .mkv), atomically."""
-    height, width = frames.shape[1:3]
-    with atomic_path(path) as tmp:
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp),
-            (width, height),
-            fps=fps,
-            pix_fmt_in="rgb24",
-            macro_block_size=1,
-            ffmpeg_log_level="error",
-            codec="ffv1",
-            pix_fmt_out="bgr0",
-        )
-        writer.send(None)
-        for frame in frames.numpy():
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-
-
-def read_clip(path: str | os.PathLike) -> torch.Tensor:
-    """Read a stored clip back as uint8 `[F, H, W, 3]`, bit-exact."""
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    width, height = next(reader)["size"]
-    frames = [np.frombuffer(buffer, np.uint8).reshape(height, width, 3) for buffer in reader]
-    return torch.from_numpy(np.stack(frames))
+from svi_model.modes import FilmSettings
+from svi_model.video_files import probe_video, read_clip
 
 
 @dataclass(frozen=True)

@@ -15,25 +15,17 @@ threads. Three things are changed here, each for a reason:
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote_plus, urlencode
 
 from icrawler import Crawler, ImageDownloader
-from icrawler.builtin import (
-    BaiduImageCrawler,
-    BingImageCrawler,
-    FlickrImageCrawler,
-    GoogleImageCrawler,
-    GreedyImageCrawler,
-    UrlListCrawler,
-)
+from icrawler.builtin import FlickrImageCrawler, GreedyImageCrawler, UrlListCrawler
 from icrawler.builtin.baidu import BaiduFeeder
 from icrawler.builtin.bing import BingFeeder
 from icrawler.builtin.google import GoogleFeeder
 
-if TYPE_CHECKING:
-    from .retrieve import RetrieveRequest
+from .request import RetrieveRequest
 
 # The engines' own addresses, as icrawler 0.6.10 has them; `{}` placeholders take the keyword and the offset.
 BING_URL = "https://www.bing.com/images/async?q={}&first={}"
@@ -90,21 +82,22 @@ class BaiduSearchFeeder(BaiduFeeder):
             self.out_queue.put(url + ("&" + extra if extra else ""))
 
 
-_SEARCH_FEEDERS = {"bing": BingSearchFeeder, "google": GoogleSearchFeeder, "baidu": BaiduSearchFeeder}
-
-
-def check_search_filters(source: str, filters: dict[str, str]) -> None:
-    """Raise ValueError, naming the allowed values, if icrawler's filter table for `source` refuses `filters`.
+def search_filter_check(source: str, feeder_cls: type) -> Callable[[dict[str, str]], None]:
+    """A check raising ValueError, naming the allowed values, if icrawler's filter table for the engine refuses
+    the filters.
 
     Checked before crawling because inside the crawl the error would only kill the feeder thread, leaving an
     empty result and a traceback in the log.
     """
-    # get_filter builds a fresh table and uses nothing of the feeder itself, so no feeder threads are needed.
-    table = _SEARCH_FEEDERS[source].get_filter(None)
-    try:
-        table.apply(filters)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{source} search filters {filters}: {err.args[0]}") from None
+
+    def check(filters: dict[str, str]) -> None:
+        # get_filter builds a fresh table and uses nothing of the feeder itself, so no feeder threads are needed.
+        try:
+            feeder_cls.get_filter(None).apply(filters)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{source} search filters {filters}: {err.args[0]}") from None
+
+    return check
 
 
 class StagingDownloader(ImageDownloader):
@@ -124,43 +117,53 @@ class StagingDownloader(ImageDownloader):
                 self.sources[task["filename"]] = task["file_url"]
 
 
-def _crawler_and_kwargs(request: "RetrieveRequest", staging: Path, max_num: int) -> tuple[Crawler, dict, dict]:
-    """The icrawler crawler for `request.source`, with the feeder and parser arguments its own `crawl` would pass."""
-    common = dict(
+CrawlPlan = tuple[Crawler, dict, dict]
+"""An icrawler crawler with the feeder and parser arguments its own `crawl` would pass."""
+
+
+def _common(request: RetrieveRequest, staging: Path) -> dict:
+    return dict(
         downloader_cls=StagingDownloader,
         downloader_threads=request.downloader_threads,
         storage={"backend": "FileSystem", "root_dir": str(staging)},
         log_level=logging.WARNING,
     )
-    keyword = " ".join(request.keywords)
-    filters = request.filters or None
-    engine_url = {"extra_feeder_args": {"search_url": request.search_url}} if request.search_url else {}
-    if request.source == "bing":
-        crawler = BingImageCrawler(feeder_cls=BingSearchFeeder, **engine_url, **common)
-        return crawler, dict(keyword=keyword, offset=0, max_num=max_num, filters=filters), {}
-    if request.source == "google":
-        crawler = GoogleImageCrawler(feeder_cls=GoogleSearchFeeder, **engine_url, **common)
-        return crawler, dict(keyword=keyword, offset=0, max_num=max_num, filters=filters), {}
-    if request.source == "baidu":
-        crawler = BaiduImageCrawler(feeder_cls=BaiduSearchFeeder, **engine_url, **common)
-        return crawler, dict(keyword=keyword, offset=0, max_num=max_num, filters=filters), {}
-    if request.source == "flickr":
-        apikey = os.environ["FLICKR_API_KEY"]
-        crawler = FlickrImageCrawler(apikey=apikey, **common)
-        search = {"text": keyword, "sort": "relevance", **request.filters}
-        return crawler, dict(apikey=apikey, **search), dict(apikey=apikey, size_preference=FLICKR_SIZES)
-    if request.source == "greedy":
-        site = [str(request.site).rstrip("/")]
-        return GreedyImageCrawler(**common), dict(domains=site), dict(domains=site)
-    if request.source == "urls":
-        return UrlListCrawler(**common), dict(url_list=[str(url) for url in request.urls]), {}
-    raise ValueError(f"source {request.source!r} is not a web source")
 
 
-def crawl_candidates(request: "RetrieveRequest", staging: Path, max_num: int) -> list[tuple[Path, str]]:
-    """Fetch up to `max_num` files for a web source into `staging`: (file, its URL), in download order."""
+def search_engine_crawl(crawler_cls: type[Crawler], feeder_cls: type) -> Callable[..., CrawlPlan]:
+    """The crawl plan of a keyword search engine (Bing, Google, Baidu) whose address the request may override."""
+
+    def plan(request: RetrieveRequest, staging: Path, max_num: int) -> CrawlPlan:
+        engine_url = {"extra_feeder_args": {"search_url": request.search_url}} if request.search_url else {}
+        crawler = crawler_cls(feeder_cls=feeder_cls, **engine_url, **_common(request, staging))
+        keyword = " ".join(request.keywords)
+        return crawler, dict(keyword=keyword, offset=0, max_num=max_num, filters=request.filters or None), {}
+
+    return plan
+
+
+def flickr_crawl(request: RetrieveRequest, staging: Path, max_num: int) -> CrawlPlan:
+    apikey = os.environ["FLICKR_API_KEY"]
+    crawler = FlickrImageCrawler(apikey=apikey, **_common(request, staging))
+    search = {"text": " ".join(request.keywords), "sort": "relevance", **request.filters}
+    return crawler, dict(apikey=apikey, **search), dict(apikey=apikey, size_preference=FLICKR_SIZES)
+
+
+def greedy_crawl(request: RetrieveRequest, staging: Path, max_num: int) -> CrawlPlan:
+    site = [str(request.site).rstrip("/")]
+    return GreedyImageCrawler(**_common(request, staging)), dict(domains=site), dict(domains=site)
+
+
+def url_list_crawl(request: RetrieveRequest, staging: Path, max_num: int) -> CrawlPlan:
+    return UrlListCrawler(**_common(request, staging)), dict(url_list=[str(url) for url in request.urls]), {}
+
+
+def crawl_candidates(
+    plan: Callable[..., CrawlPlan], request: RetrieveRequest, staging: Path, max_num: int
+) -> list[tuple[Path, str]]:
+    """Fetch up to `max_num` files with the crawler `plan` makes into `staging`: (file, its URL), in download order."""
     staging.mkdir(parents=True, exist_ok=True)
-    crawler, feeder_kwargs, parser_kwargs = _crawler_and_kwargs(request, staging, max_num)
+    crawler, feeder_kwargs, parser_kwargs = plan(request, staging, max_num)
     timeouts = dict(queue_timeout=request.queue_timeout_s, req_timeout=request.request_timeout_s)
     crawl = threading.Thread(
         target=Crawler.crawl,

@@ -1,6 +1,6 @@
 """The `assemble` stage: a run folder's stored clips → film.mp4, film.srt, storyboard.png and manifest.json.
 
-Everything is read from the run folder (request.yaml, the prompt stream, clips/), never from memory, so a resumed
+Everything is read from the run folder (request.json, the prompt stream, clips/), never from memory, so a resumed
 run, an uninterrupted run and `svi assemble` give the same film. Clip k fills the film frames its stitching rule
 keeps (`FilmSettings.kept_frames`); its subtitle and its storyboard frame come from exactly those frames. The
 manifest is written last: when it is there, the other three are complete (each file is written atomically).
@@ -13,16 +13,17 @@ from importlib import metadata
 from pathlib import Path
 
 import imageio_ffmpeg
-from PIL import Image, ImageDraw, ImageFont
 
 from svi_model.atomic_files import atomic_path, write_text_atomic
 
-from .engines import EngineSpec
-from .file_hashes import file_sha256
-from .film_request import read_run_request
-from .prompt_files import read_prompt_file
-from .run_folder import RunFolder
-from .video_files import FilmFrames, join_chapters, stitched_clips, write_film
+from ..hashing import file_sha256
+from ..request import FilmRequest, read_run_request
+from ..run_folder import RunFolder
+from ..storyline import read_prompt_file
+from ..synthesize import EngineSpec
+from .film_video import FilmFrames, join_chapters, stitched_clips, write_film
+from .storyboard import draw_storyboard, stacked_storyboards
+from .subtitles import subtitles
 
 VERSIONED_PACKAGES = (
     "svi-film",
@@ -34,13 +35,6 @@ VERSIONED_PACKAGES = (
     "imageio-ffmpeg",
     "pillow",
 )
-
-STORYBOARD_COLUMNS = 4
-THUMB_WIDTH = 256  # widest thumbnail; smaller films are shown at their own size
-CAPTION_WIDTH = 200  # narrowest caption column, so tiny films still get readable prompts
-CAPTION_LINES = 8  # longer prompts are cut with "..." (the full text is in film.srt and manifest.json)
-MARGIN = 8
-FONT_SIZE = 13
 
 
 def assemble_film(run_dir: Path) -> Path:
@@ -65,9 +59,10 @@ def join_run_chapters(run_dir: Path) -> Path:
     request = read_run_request(run)
     chapters = [run.chapter(index) for index in range(request.chapter_count())]
     manifests = [json.loads(chapter.manifest.read_text(encoding="utf-8")) for chapter in chapters]
-    join_chapters([chapter.film for chapter in chapters], run.film, request.crossfade_s)
+    join_chapters([chapter.film for chapter in chapters], run.film, request.output.crossfade_s)
 
-    overlap = round(request.crossfade_s * request.fps)
+    fps = request.render.fps
+    overlap = round(request.output.crossfade_s * fps)
     starts = [0]
     for manifest in manifests[:-1]:
         starts.append(starts[-1] + manifest["film"]["frames"] - overlap)
@@ -78,14 +73,9 @@ def join_run_chapters(run_dir: Path) -> Path:
             first, stop = clip["film_frames"]
             prompts.append(clip["prompt"])
             spans.append(range(start + first, min(start + stop, end)))
-    write_text_atomic(run.subtitles, subtitles(prompts, spans, request.fps))
+    write_text_atomic(run.subtitles, subtitles(prompts, spans, fps))
 
-    boards = [Image.open(chapter.storyboard).convert("RGB") for chapter in chapters]
-    sheet = Image.new("RGB", (max(b.width for b in boards), sum(b.height for b in boards)), "white")
-    top = 0
-    for board in boards:
-        sheet.paste(board, (0, top))
-        top += board.height
+    sheet = stacked_storyboards([chapter.storyboard for chapter in chapters])
     with atomic_path(run.storyboard) as tmp:
         sheet.save(tmp, format="PNG")
 
@@ -104,7 +94,7 @@ def join_run_chapters(run_dir: Path) -> Path:
             "file": run.film.name,
             "sha256": file_sha256(run.film),
             "frames": ends[-1],
-            "fps": request.fps,
+            "fps": fps,
             "crossfade_frames": overlap,
         },
     }
@@ -122,12 +112,7 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
     run = RunFolder(Path(run_dir))
     request = read_run_request(run)
     settings = request.settings()
-    prompts_path = request.prompts_file or run.storyline
-    if not prompts_path.is_file():
-        raise FileNotFoundError(
-            f"{prompts_path} is missing: run `svi film --run-dir {run.root}` (or `svi prompts`) to write the prompts"
-        )
-    prompts = read_prompt_file(prompts_path)
+    prompts, prompts_record = _prompt_stream(request, run)
     clip_paths = [run.clip(k) for k in range(request.clips)]
     missing = [path.name for path in clip_paths if not path.is_file()]
     if missing:
@@ -140,10 +125,11 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
     previous = _previous_timings(run.manifest) if timings is None else dict(timings)
 
     film = FilmFrames(stitched_clips(settings, clip_paths))
-    write_film(film.parts, run.film, request.fps)
-    write_text_atomic(run.subtitles, subtitles(clip_prompts, film.spans, request.fps))
+    fps = request.render.fps
+    write_film(film.parts, run.film, fps)
+    write_text_atomic(run.subtitles, subtitles(clip_prompts, film.spans, fps))
     height, width = film.part_frames(0).shape[1:3]
-    storyboard = draw_storyboard(film, clip_prompts, request.fps)
+    storyboard = draw_storyboard(film, clip_prompts, fps)
     with atomic_path(run.storyboard) as tmp:
         storyboard.save(tmp, format="PNG")
 
@@ -154,7 +140,7 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
         "engine": _engine_identity(request.engine()),
         "inputs": {
             "reference.png": _sha256_if_present(run.reference),
-            "prompts": {"path": str(prompts_path), "sha256": file_sha256(prompts_path)},
+            "prompts": prompts_record,
         },
         "clips": [
             {
@@ -162,15 +148,16 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
                 "sha256": file_sha256(path),
                 "prompt": prompt,
                 "film_frames": [span.start, span.stop],
+                "attempts": _attempts(run, k),
             }
-            for path, prompt, span in zip(clip_paths, clip_prompts, film.spans, strict=True)
+            for k, (path, prompt, span) in enumerate(zip(clip_paths, clip_prompts, film.spans, strict=True))
         ],
         "film": {
             "file": run.film.name,
             "sha256": file_sha256(run.film),
             "frames": len(film),
-            "fps": request.fps,
-            "duration_s": len(film) / request.fps,
+            "fps": fps,
+            "duration_s": len(film) / fps,
             "width": width,
             "height": height,
             "codec": "h264 yuv420p",
@@ -181,99 +168,31 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
     return run.film
 
 
+def _prompt_stream(request: FilmRequest, run: RunFolder) -> tuple[list[str], dict]:
+    """The film's prompts (given in the request, from the user's file, or the run's storyline.yaml) and what the
+    manifest records of where they came from."""
+    if request.storyline.prompt:
+        return request.own_prompt_stream(), {"given": "in the request"}
+    path = request.storyline.prompts or run.storyline
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: run `svi film --run-dir {run.root}` (or `svi prompts`) to write the prompts"
+        )
+    return read_prompt_file(path), {"path": str(path), "sha256": file_sha256(path)}
+
+
+def _attempts(run: RunFolder, k: int) -> list[dict]:
+    """Clip k's renders and the per-clip checks' verdicts (a clip stored before they were recorded: attempt 0)."""
+    path = run.attempts(k)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else [{"attempt": 0}]
+
+
 def _previous_timings(manifest: Path) -> dict[str, float]:
     """The stage timings of an earlier manifest, so re-assembling keeps what the render took."""
     try:
         return dict(json.loads(manifest.read_text(encoding="utf-8"))["timings"])
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-
-
-# ---------------------------------------------------------------- film.srt
-
-
-def srt_timestamp(seconds: float) -> str:
-    """`HH:MM:SS,mmm`, rounded to the millisecond."""
-    hours, rest = divmod(round(seconds * 1000), 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d},{rest % 1000:03d}"
-
-
-def subtitles(prompts: list[str], spans: list[range], fps: float) -> str:
-    """SRT text: cue k shows `prompts[k]` while the film shows the frames `spans[k]`."""
-    cues = [
-        f"{k + 1}\n{srt_timestamp(span.start / fps)} --> {srt_timestamp(span.stop / fps)}\n{' '.join(prompt.split())}\n"
-        for k, (prompt, span) in enumerate(zip(prompts, spans, strict=True))
-    ]
-    return "\n".join(cues)
-
-
-# ---------------------------------------------------------------- storyboard.png
-
-
-def _caption_lines(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
-    """`text` broken into lines no wider than `width` pixels (a longer word keeps a line of its own)."""
-    lines: list[str] = []
-    for word in text.split():
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    if len(lines) > CAPTION_LINES:
-        last = lines[CAPTION_LINES - 1].split()
-        while len(last) > 1 and font.getlength(" ".join(last) + " ...") > width:
-            last.pop()
-        lines = [*lines[: CAPTION_LINES - 1], " ".join(last) + " ..."]
-    return lines
-
-
-def _clock(seconds: float) -> str:
-    """`m:ss.s`, for storyboard captions."""
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
-
-
-def draw_storyboard(film: FilmFrames, prompts: list[str], fps: float) -> Image.Image:
-    """A grid of one frame per clip (the middle of what it contributes), its number, time and prompt below.
-
-    Up to `STORYBOARD_COLUMNS` cells a row; thumbnails are at most `THUMB_WIDTH` wide.
-    """
-    font = ImageFont.load_default(size=FONT_SIZE)
-    line_height = FONT_SIZE + 4
-    height, width = film.part_frames(0).shape[1:3]
-    thumb_width = min(width, THUMB_WIDTH)
-    thumb_height = round(height * thumb_width / width)
-    cell_width = max(thumb_width, CAPTION_WIDTH) + 2 * MARGIN
-    captions = [
-        [
-            f"clip {k}   {_clock(span.start / fps)} - {_clock(span.stop / fps)}",
-            *_caption_lines(prompt, font, cell_width - 2 * MARGIN),
-        ]
-        for k, (prompt, span) in enumerate(zip(prompts, film.spans, strict=True))
-    ]
-    columns = min(STORYBOARD_COLUMNS, len(captions))
-    rows = [range(start, min(start + columns, len(captions))) for start in range(0, len(captions), columns)]
-    row_heights = [
-        MARGIN + thumb_height + MARGIN + max(len(captions[k]) for k in row) * line_height + MARGIN for row in rows
-    ]
-    sheet = Image.new("RGB", (columns * cell_width, sum(row_heights)), "white")
-    draw = ImageDraw.Draw(sheet)
-    top = 0
-    for row, row_height in zip(rows, row_heights, strict=True):
-        for column, k in enumerate(row):
-            left = column * cell_width
-            span = film.spans[k]
-            frame = Image.fromarray(film[span.start + len(span) // 2])
-            if thumb_width != width:
-                frame = frame.resize((thumb_width, thumb_height), Image.Resampling.LANCZOS)
-            sheet.paste(frame, (left + (cell_width - thumb_width) // 2, top + MARGIN))
-            text_top = top + MARGIN + thumb_height + MARGIN
-            for i, line in enumerate(captions[k]):
-                draw.text((left + MARGIN, text_top + i * line_height), line, fill="black" if i else "gray", font=font)
-        top += row_height
-    return sheet
-
-
-# ---------------------------------------------------------------- manifest.json
 
 
 def _versions() -> dict[str, str | None]:

@@ -1,0 +1,328 @@
+"""What one film is made from: `FilmRequest` (the `svi film` flags, a form in the Prefect UI, `request.json` in the
+run folder, the manifest's `request`), in four groups, and the profiles that fill in what it leaves open.
+
+Every setting has one name everywhere: the field here is the CLI flag (`num_frames` → `--num-frames`), the form
+field, the key of a batch file and of the manifest, and, where a stage takes it, the stage's own field. Names are
+unique across the groups, so a flat mapping (`{"clips": 3, "steps": 8}`, a batch file, the CLI) is read into the
+groups by name.
+
+Profiles (`PROFILES`): the values a field left unset (None) takes.
+- `demo` (default): offline and on the CPU. Bundled pictures matched by keyword, the template storyline, and the
+  small bundled model (until the trained one ships: tiny random weights, built offline in a second; the film's
+  pictures are then noise, and the run says so). Short clips (33 frames, 8 steps) at 416 px wide.
+- `wan`: real weights from local folders: Wan2.1-I2V-14B-480P (`model`), an SVI LoRA (`lora`), Qwen2.5-VL
+  (`qwen_model`) or an OpenAI-compatible server (`openai_base_url`) for the storyline, Bing for pictures; the
+  paper's settings (81 frames, 50 steps, CFG 5) at 832 px wide on the GPU.
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from svi_model.atomic_files import write_text_atomic
+from svi_model.modes import MODE_NAMES, FilmSettings, mode_settings
+
+from .cache_folder import tiny_model_folder
+from .keywords import Keywords
+from .retrieve import RetrieveRequest
+from .retrieve.request import SourceName
+from .run_folder import RunFolder, clear_run
+from .storyline import StorylineRequest, read_prompt_file
+from .storyline.request import BackendName
+from .synthesize import ClipJob, EngineSpec
+from .synthesize.checks import CheckName
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "demo": dict(source="bundled", backend="template", device="cpu", num_frames=33, steps=8, max_width=416),
+    "wan": dict(source="bing", backend="qwen", num_frames=81, steps=50, max_width=832),
+}
+Profile = Literal[tuple(PROFILES)]
+Mode = Literal[MODE_NAMES]
+
+
+def _none_dropped(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _none_dropped(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_none_dropped(item) for item in value]
+    return value
+
+
+def _run_form_schema(schema: dict[str, Any], model: type) -> None:
+    """The Prefect run form's view of a request model: an unset `X | None` field is an empty input of type X (the
+    form shows `Property is type "None"` for pydantic's `anyOf [X, null]` with `default: null`; empty still means
+    None), and a group is a titled section. Validation is pydantic's, unchanged."""
+    for name, field in schema.get("properties", {}).items():
+        if "$ref" in field:
+            field.setdefault("title", name.replace("_", " ").title())
+        options = field.get("anyOf", [])
+        if len(options) == 2 and {"type": "null"} in options:
+            kept = options[0] if options[1] == {"type": "null"} else options[1]
+            del field["anyOf"]
+            field.update(kept)
+            if "default" in field and field["default"] is None:
+                del field["default"]
+        if isinstance(field.get("default"), dict):
+            field["default"] = _none_dropped(field["default"])
+
+
+_GROUP = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra=_run_form_schema)
+
+
+class RetrieveOptions(BaseModel):
+    """Where the film's pictures come from."""
+
+    model_config = _GROUP
+
+    images: list[Path] = Field(default_factory=list, description="your own pictures (skip retrieval); a chapter each")
+    source: SourceName | None = Field(None, description="where pictures come from (default: the profile's)")
+    site: str | None = Field(None, description="source greedy: the site to collect pictures from")
+    urls: list[str] = Field(default_factory=list, description="source urls: picture addresses")
+    folder: Path | None = Field(None, description="source folder: a folder of your pictures to choose from")
+    filters: dict[str, str] = Field(
+        default_factory=dict, description="search filters, e.g. license=commercial,modify (bing)"
+    )
+    max_images: int = Field(8, ge=1, le=100, description="most accepted pictures kept to choose from")
+    min_side: int = Field(256, ge=16, description="shortest side a picture may have, px")
+
+
+class StorylineOptions(BaseModel):
+    """Where the prompt stream comes from."""
+
+    model_config = _GROUP
+
+    prompts: Path | None = Field(None, description="your own prompt stream file (skip the storyline)")
+    prompt: list[str] = Field(default_factory=list, description="your own prompts, one per clip (instead of a file)")
+    backend: BackendName | None = Field(None, description="storyline backend (default: the profile's)")
+    qwen_model: Path | None = Field(None, description="local Qwen2.5-VL-3B/7B-Instruct folder")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    openai_model: str | None = Field(None, description="the model name the server serves")
+    style: str | None = Field(None, description="e.g. 'cinematic, golden hour'")
+    genre: str | None = Field(None, description="e.g. 'nature documentary'")
+
+
+class RenderOptions(BaseModel):
+    """How the clips are rendered: the SVI mode and its settings, the model, the hardware, the checks. Settings left
+    unset take the mode's value (`svi_model.modes`), then the profile's."""
+
+    model_config = _GROUP
+
+    mode: Mode = Field("film", description="SVI mode")
+    model: Path | None = Field(None, description="local Wan2.1-I2V-14B-480P folder (demo: the tiny model)")
+    lora: Path | None = Field(None, description="SVI LoRA .safetensors for the mode")
+    lora_scale: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength alpha")
+    fuse_lora: bool = Field(True, description="merge the LoRA into the weights (false: keep it as an adapter)")
+    device: str | None = Field(None, description="cuda, cuda:1 or cpu (default: the profile's, else cuda if any)")
+    dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="DiT and T5 dtype")
+    offload: Literal["none", "model", "group"] = Field("none", description="for smaller GPUs")
+    vae_tiling: bool = Field(False, description="less VAE memory (slightly changes the output)")
+    num_frames: int | None = Field(None, description="frames per clip, 4k+1")
+    steps: int | None = Field(None, ge=1, description="sampling steps")
+    guidance_scale: float | None = Field(None, ge=1.0, description="classifier-free guidance (CFG)")
+    seed: int = Field(42, ge=0, description="clip k uses seed·k")
+    motion_frames: int | None = Field(None, ge=1, description="m: frames of the previous clip that condition the next")
+    padding: Literal["zeros", "reference"] | None = Field(None, description="what fills the condition after them")
+    reference_count: int | None = Field(None, ge=1, description="reference padding: k references, then zeros")
+    prompt_mode: Literal["first", "stream"] | None = Field(None, description="one prompt for all, or the stream")
+    prompt_repeat: int | None = Field(None, ge=1, description="clips per prompt of the stream")
+    fps: float = Field(16.0, gt=0, description="frames per second of the film")
+    max_width: int | None = Field(None, ge=64, le=1920, description="film width at most (sides: multiples of 16)")
+    checks: list[CheckName] = Field(default_factory=list, description="per-clip checks a clip must pass")
+    max_attempts: int = Field(3, ge=1, le=20, description="renders a clip may take to pass its checks")
+
+
+class OutputOptions(BaseModel):
+    """Where the film goes, and how it is cut into chapters."""
+
+    model_config = _GROUP
+
+    run_dir: Path = Field(Path("runs/film"), description="where everything this film makes is kept")
+    overwrite: bool = Field(False, description="run_dir holds another film: delete it and start afresh")
+    chapters: int = Field(1, ge=1, le=50, description="chapters from the best pictures (with images: one each)")
+    crossfade_s: float = Field(1.0, gt=0.0, le=5.0, description="chapters fade into each other over this long")
+
+
+GROUPS: dict[str, type[BaseModel]] = {
+    "retrieve": RetrieveOptions,
+    "storyline": StorylineOptions,
+    "render": RenderOptions,
+    "output": OutputOptions,
+}
+
+
+class FilmRequest(BaseModel):
+    """One film: keywords (or your own pictures) → storyline → clips → film.mp4 in `output.run_dir`."""
+
+    model_config = _GROUP
+
+    keywords: Keywords = Field(default_factory=lambda: ["red ball"], description="what the film is about")
+    clips: int = Field(3, ge=1, le=1000, description="clips of ~5 s each; one prompt per clip")
+    profile: Profile = Field("demo", description="demo: offline CPU defaults; wan: real weights on a GPU")
+    retrieve: RetrieveOptions = Field(default_factory=RetrieveOptions)
+    storyline: StorylineOptions = Field(default_factory=StorylineOptions)
+    render: RenderOptions = Field(default_factory=RenderOptions)
+    output: OutputOptions = Field(default_factory=OutputOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names_into_groups(cls, data: Any) -> Any:
+        """Read a flat mapping's group fields into their groups (names are unique across groups)."""
+        if not isinstance(data, dict):
+            return data
+        data = {name: (dict(value) if name in GROUPS else value) for name, value in data.items()}
+        for group, options in GROUPS.items():
+            for name in options.model_fields:
+                if name in data:
+                    data.setdefault(group, {})
+                    if isinstance(data[group], dict):
+                        data[group][name] = data.pop(name)
+        return data
+
+    @model_validator(mode="after")
+    def _profile_defaults_and_checks(self) -> "FilmRequest":
+        defaults = dict(PROFILES[self.profile])
+        if self.storyline.openai_base_url:  # a server given is the storyline's, unless a backend is named
+            defaults["backend"] = "openai"
+        for group in GROUPS:
+            options = getattr(self, group)
+            unset = {name: defaults[name] for name in options.model_fields if name in defaults}
+            unset = {name: value for name, value in unset.items() if getattr(options, name) is None}
+            if unset:
+                setattr(self, group, options.model_copy(update=unset))
+        if self.profile == "wan" and self.render.model is None:
+            raise ValueError("profile 'wan' needs model: the local Wan2.1-I2V-14B-480P folder (see README)")
+        # The stages' own requests are checked now, so bad input fails before any flow run starts.
+        self.settings()
+        if not self.retrieve.images:
+            self.retrieve_request()
+        if not self.own_prompts():
+            self.storyline_request()
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its one name (JSON-ready): the groups' fields beside the top-level ones."""
+        dumped = self.model_dump(mode="json")
+        flat = {name: value for name, value in dumped.items() if name not in GROUPS}
+        for group in GROUPS:
+            flat.update(dumped[group])
+        return flat
+
+    def own_prompts(self) -> bool:
+        """The user gave the prompt stream (a file or the prompts themselves): no storyline is written."""
+        return self.storyline.prompts is not None or bool(self.storyline.prompt)
+
+    def form_defaults(self) -> dict[str, Any]:
+        """The request as the Prefect run form starts from it: unset (None) fields left out, so the form shows
+        them empty (a null in a choice field would be refused when the form is sent)."""
+        return _none_dropped(self.model_dump(mode="json"))
+
+    def own_prompt_stream(self) -> list[str]:
+        """The prompt stream the user gave: the prompts themselves, or those in their file."""
+        return list(self.storyline.prompt) or read_prompt_file(self.storyline.prompts)
+
+    def chapter_count(self) -> int:
+        """Chapters of the film: one per picture given, else `chapters` (each from its own retrieved picture)."""
+        return len(self.retrieve.images) or self.output.chapters
+
+    def chapter_dir(self, index: int) -> Path:
+        """The run folder of chapter `index`: `chapters/NN` inside this film's."""
+        return RunFolder(self.output.run_dir).chapter(index).root
+
+    def changes_from(self, stored: "FilmRequest") -> list[str]:
+        """The settings in which this request makes another film than `stored` (more or fewer clips do not)."""
+        ignored = {"clips", "overwrite"}
+        mine, theirs = self.flat(), stored.flat()
+        return [name for name in mine if name not in ignored and mine[name] != theirs.get(name)]
+
+    def chapter(self, index: int, picture: Path) -> "FilmRequest":
+        """Chapter `index` as a film of its own, from `picture`, in `chapter_dir(index)`."""
+        return self.model_copy(
+            update={
+                "retrieve": self.retrieve.model_copy(update={"images": [picture]}),
+                "output": self.output.model_copy(update={"chapters": 1, "run_dir": self.chapter_dir(index)}),
+            }
+        )
+
+    def settings(self) -> FilmSettings:
+        """The clip settings: the mode's, then the request's own (profile defaults filled in)."""
+        fields = set(FilmSettings.model_fields) & set(RenderOptions.model_fields) - {"mode"}
+        overrides = {name: getattr(self.render, name) for name in fields if getattr(self.render, name) is not None}
+        return mode_settings(self.render.mode, **overrides)
+
+    def engine(self) -> EngineSpec:
+        """The model and how it is placed: the demo renders the tiny model unless given one."""
+        render = self.render
+        model = render.model or (tiny_model_folder() if self.profile == "demo" else None)
+        fields = render.model_dump(include={"lora", "lora_scale", "fuse_lora", "dtype", "offload", "vae_tiling"})
+        return EngineSpec(model=model, **fields, **({"device": render.device} if render.device else {}))
+
+    def clip_job(self, prompts: list[str]) -> ClipJob:
+        """What decides every clip of this film's run folder, given its prompt stream."""
+        render = self.render
+        return ClipJob(
+            settings=self.settings(),
+            prompts=prompts,
+            engine=self.engine(),
+            fps=render.fps,
+            checks=tuple(render.checks),
+            max_attempts=render.max_attempts,
+        )
+
+    def retrieve_request(self) -> RetrieveRequest:
+        return RetrieveRequest(keywords=self.keywords, **self.retrieve.model_dump(exclude={"images"}))
+
+    def storyline_request(self) -> StorylineRequest:
+        fields = self.storyline.model_dump(exclude={"prompts", "prompt"})
+        return StorylineRequest(clips=self.clips, keywords=self.keywords, device=self.render.device, **fields)
+
+    def uses_random_weights(self) -> bool:
+        """True when the demo renders with tiny random weights (no model folder given)."""
+        return self.profile == "demo" and self.render.model is None
+
+
+def save_run_request(request: FilmRequest, run: RunFolder) -> None:
+    """Store the full request (every default filled in) as the run folder's `request.json`."""
+    write_text_atomic(run.request, json.dumps(request.model_dump(mode="json"), indent=2))
+
+
+def read_run_request(run: RunFolder) -> FilmRequest:
+    """The request stored in the run folder (JSON; YAML after a hand edit reads too)."""
+    if not run.request.is_file():
+        raise FileNotFoundError(
+            f"{run.root} is not a run folder (it has no {run.request.name}): make one with "
+            f"`svi film --run-dir {run.root}`"
+        )
+    try:
+        return FilmRequest(**yaml.safe_load(run.request.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, TypeError) as err:
+        raise ValueError(f"{run.request} is not a film request ({err}): run `svi film` again to rewrite it") from err
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"{run.request} is not a valid film request: {problems}") from err
+
+
+class OtherFilmInRunFolder(ValueError):
+    """The run folder holds a different film; nothing in it was touched."""
+
+
+def start_run(request: FilmRequest, on_overwrite: Callable[[str], None] | None = None) -> RunFolder:
+    """The request's run folder with the request stored; a folder holding another film is refused untouched unless
+    `output.overwrite`, which deletes that film first (`on_overwrite(message)` is told)."""
+    run = RunFolder(request.output.run_dir)
+    changed = request.changes_from(read_run_request(run)) if run.request.is_file() else []
+    if changed and not request.output.overwrite:
+        raise OtherFilmInRunFolder(
+            f"{run.root} holds another film (different {', '.join(changed)}): choose another --run-dir, "
+            "or pass --overwrite to delete it and start afresh"
+        )
+    if changed:
+        if on_overwrite is not None:
+            on_overwrite(f"overwrite: deleting the film in {run.root} (different {', '.join(changed)})")
+        clear_run(run)
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_run_request(request, run)
+    return run

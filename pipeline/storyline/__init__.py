@@ -1,0 +1,30 @@
+"""The storyline stage: the reference picture → a prompt stream of L prompts (`storyline.yaml`), written by one of
+the backends in `STORYLINE_BACKENDS` (built in: `backends.py`), or read from the user's own prompt file."""
+
+from .backends import write_storyline
+from .prompt_files import PromptFileError, read_prompt_file
+from .request import (
+    STORYLINE_BACKENDS,
+    ChatTurn,
+    Storyline,
+    StorylineBackend,
+    StorylineError,
+    StorylineRequest,
+    StorylineServerError,
+)
+from .storyline_file import save_storyline, storyline_yaml
+
+__all__ = [
+    "STORYLINE_BACKENDS",
+    "ChatTurn",
+    "PromptFileError",
+    "Storyline",
+    "StorylineBackend",
+    "StorylineError",
+    "StorylineRequest",
+    "StorylineServerError",
+    "read_prompt_file",
+    "save_storyline",
+    "storyline_yaml",
+    "write_storyline",
+]

@@ -1,0 +1,26 @@
+"""`storyline.yaml`: the prompt stream as the run folder keeps it, with a record of where it came from."""
+
+from pathlib import Path
+
+import yaml
+
+from svi_model.atomic_files import write_text_atomic
+
+from .request import Storyline
+
+
+def storyline_yaml(storyline: Storyline) -> str:
+    """`storyline.yaml`'s text: a note on editing, where the prompts came from, then the `prompts:` list."""
+    header = (
+        "# The prompt stream: one prompt per clip (about 5 seconds each), in order.\n"
+        "# Edit the prompts and render again; only the `prompts:` list is read, the rest is a record.\n"
+    )
+    record = storyline.model_dump(exclude={"prompts"})
+    body = yaml.safe_dump(record, sort_keys=False, allow_unicode=True, width=1000)
+    prompts = yaml.safe_dump({"prompts": storyline.prompts}, sort_keys=False, allow_unicode=True, width=1000)
+    return header + body + prompts
+
+
+def save_storyline(storyline: Storyline, path: Path) -> None:
+    """Write `storyline` to `path` (storyline.yaml) atomically, readable by `prompt_files.read_prompt_file`."""
+    write_text_atomic(path, storyline_yaml(storyline))

@@ -1,0 +1,22 @@
+"""The synthesize stage: the clips of a run folder, one at a time on the loaded engine, kept by content key in the
+clip store and checked by the request's per-clip checks (`CLIP_CHECKS`)."""
+
+from .checks import CLIP_CHECKS, ClipCheck
+from .clip_store import ClipStore
+from .driver import render_clips
+from .engines import EngineSpec, load_engine
+from .stage import ClipJob, ClipResult, clip_key, run_clip_key, synthesize_clip
+
+__all__ = [
+    "CLIP_CHECKS",
+    "ClipCheck",
+    "ClipJob",
+    "ClipResult",
+    "ClipStore",
+    "EngineSpec",
+    "clip_key",
+    "load_engine",
+    "render_clips",
+    "run_clip_key",
+    "synthesize_clip",
+]

@@ -1,0 +1,43 @@
+"""The film driver: the clips of one run folder, in order, each from the state the one before left. `svi film`
+(a Prefect task per clip) and `svi generate` (no orchestrator) both render through it, so resuming (a clip whose
+key is in the store is reused), the clip store and the per-clip checks are one implementation.
+"""
+
+from collections.abc import Callable
+
+from svi_model.sampler import StepCallback
+
+from ..cache_folder import clip_store_folder
+from ..run_folder import RunFolder
+from .clip_store import ClipStore
+from .stage import ClipJob, ClipResult, run_clip_key, synthesize_clip
+
+ClipRenderer = Callable[[RunFolder, int, ClipJob, str], ClipResult]
+"""(run, k, job, clip key) → what was done for clip k; `synthesize_clip` itself, or a Prefect task around it."""
+
+
+def render_clips(
+    run: RunFolder,
+    job: ClipJob,
+    clips: int,
+    render: ClipRenderer | None = None,
+    on_clip: Callable[[ClipResult], None] | None = None,
+    on_step: StepCallback | None = None,
+) -> list[ClipResult]:
+    """Clips 0 … clips−1 of `run`, each placed in the run folder from the clip store; returns what was done.
+
+    render: how one clip is made (default: `synthesize_clip`, in this process). Whatever it does, the clip is then
+    placed in the run folder from the store, so a renderer whose result was cached elsewhere (a Prefect task
+    result) still leaves the run folder complete. on_clip: called after each clip (progress, previews); on_step:
+    after each sampling step of the default renderer.
+    """
+    store = ClipStore(clip_store_folder())
+    render = render or (lambda run, k, job, key: synthesize_clip(run, k, job, store, on_step, key))
+    results = []
+    for k in range(clips):
+        result = render(run, k, job, run_clip_key(run, k, job))
+        store.materialise(result.key, run, k)
+        results.append(result)
+        if on_clip is not None:
+            on_clip(result)
+    return results

@@ -1,0 +1,125 @@
+"""The synthesize stage: one clip at a time into the run folder, reusing any clip already made, rendering again
+a clip that fails the request's checks.
+
+A clip is fully decided by its *clip key*: the stage version, the engine's identity (model folder, LoRA, dtype),
+the clip settings, its prompt and seed, the reference image, the exact state the previous clip handed over, and
+the checks it must pass (when there are any). Finished clips live in a content-addressed store keyed by it
+(`ClipStore`), so a retried run, a rerun, or another run folder with the same inputs reuses them without touching
+the GPU; changing the prompt of clip 3 changes the keys of clips 3, 4, … (each depends on the state before it) and
+nothing before.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from svi_model.chain import ChainState, FilmRenderer
+from svi_model.modes import FilmSettings
+from svi_model.sampler import StepCallback
+
+from ..cache_folder import clip_store_folder
+from ..hashing import content_digest, tensor_digest
+from ..run_folder import RunFolder, load_reference_png, load_state
+from .checks import verdicts
+from .clip_store import ClipStore
+from .engines import EngineSpec, load_engine
+
+log = logging.getLogger(__name__)
+
+# Bump when the code that renders a clip changes what it produces: old cache entries then stop matching.
+STAGE_VERSION = "synthesize-1"
+
+
+class ClipJob(BaseModel):
+    """What decides every clip of one run folder, besides the files it starts from (reference, previous state)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    settings: FilmSettings
+    prompts: list[str] = Field(min_length=1, description="the prompt stream; clip k's is the settings' rule")
+    engine: EngineSpec
+    fps: float = 16.0
+    checks: tuple[str, ...] = Field((), description="names in CLIP_CHECKS a clip must pass")
+    max_attempts: int = Field(1, ge=1, description="renders a clip may take to pass its checks")
+
+
+@dataclass
+class ClipResult:
+    """What the stage did for one clip: its key, whether it came from the store, and every render behind it
+    (`{"attempt", "seed", "verdicts", "passed"}`; the last one is the clip)."""
+
+    k: int
+    key: str
+    reused: bool
+    attempts: list[dict] = field(default_factory=list)
+
+
+def clip_key(k: int, job: ClipJob, reference: torch.Tensor, previous: ChainState | None) -> str:
+    """The content key of clip `k` (see the module docstring)."""
+    settings = job.settings
+    fields = {
+        "stage": STAGE_VERSION,
+        "engine": job.engine.identity(),
+        "settings": settings.model_dump(mode="json"),
+        "prompt": settings.prompt_for(k, job.prompts),
+        "seed": settings.seed_for(k),
+        "fps": float(job.fps),  # 16 and 16.0 are the same film
+        "reference": tensor_digest({"reference": reference}),
+        "previous": None if previous is None else tensor_digest(_state_tensors(previous)),
+    }
+    if job.checks:  # without checks the key is what it was before checks existed, so stored clips still match
+        fields["checks"] = {"names": list(job.checks), "max_attempts": job.max_attempts}
+    return content_digest(fields)
+
+
+def _state_tensors(state: ChainState) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in vars(state).items() if value is not None}
+
+
+def _clip_inputs(run: RunFolder, k: int) -> tuple[torch.Tensor, ChainState | None]:
+    """What clip `k` of `run` starts from: the reference and clip k−1's stored state (None for clip 0)."""
+    if k > 0 and not run.state(k - 1).is_file():
+        raise FileNotFoundError(f"clip {k} needs clip {k - 1} first: {run.state(k - 1)} is missing")
+    return load_reference_png(run.reference), load_state(run.state(k - 1)) if k > 0 else None
+
+
+def run_clip_key(run: RunFolder, k: int, job: ClipJob) -> str:
+    """The content key of clip `k` of `run`, from the files it starts from."""
+    return clip_key(k, job, *_clip_inputs(run, k))
+
+
+def synthesize_clip(
+    run: RunFolder,
+    k: int,
+    job: ClipJob,
+    store: ClipStore | None = None,
+    on_step: StepCallback | None = None,
+    key: str | None = None,
+) -> ClipResult:
+    """Make clip `k` of `run` from its reference and clip k−1's stored state; reuse it if it was made before.
+
+    A render that fails one of `job.checks` is made again with the next attempt's seed, up to `job.max_attempts`
+    renders; when none passes, the last one is kept (a film is not stopped by a check) and the record says so.
+    key: the clip's `run_clip_key` when the caller has it already (the flow's cache key); else computed here.
+    """
+    store = store or ClipStore(clip_store_folder())
+    reference, previous = _clip_inputs(run, k)
+    key = key or clip_key(k, job, reference, previous)
+    reused = store.has(key)
+    if not reused:
+        renderer = FilmRenderer(load_engine(job.engine), job.settings, reference, job.prompts)
+        attempts = []
+        for attempt in range(job.max_attempts):
+            output, state = renderer.render_clip(k, previous, on_step, attempt=attempt)
+            found = verdicts(output.frames, job.checks)
+            failed = {name: why for name, why in found.items() if why}
+            seed = job.settings.seed_for(k, attempt)
+            attempts.append({"attempt": attempt, "seed": seed, "verdicts": found, "passed": not failed})
+            if not failed:
+                break
+            log.warning("clip %d attempt %d (seed %d) failed %s", k, attempt, seed, "; ".join(failed.values()))
+        store.put(key, output.frames, state, job.fps, attempts if job.checks else None)
+    store.materialise(key, run, k)
+    return ClipResult(k=k, key=key, reused=reused, attempts=store.attempts(key))
