@@ -41,7 +41,7 @@ def main() -> None:
     from pipeline.request import FilmRequest
     from pipeline.run_folder import RunFolder, load_reference_png, save_reference_png
     from pipeline.storyline import read_prompt_file
-    from pipeline.synthesize import ClipStore, load_engine, synthesize_clip
+    from pipeline.synthesize import ClipStore, loaded_sampler, synthesize_clip
     from svi_model.chain import FilmRenderer
     from svi_model.tiny import save_tiny_model
 
@@ -57,7 +57,7 @@ def main() -> None:
 
     engine = request(work / "flow").engine()
     save_tiny_model(engine.model)
-    load_engine(engine)
+    loaded_sampler(engine)
 
     model_s = [0.0]
     render_clip = FilmRenderer.render_clip

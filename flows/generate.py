@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from pipeline.assemble import assemble_run, stitched_clips, write_film
 from pipeline.request import FilmRequest, start_run
 from pipeline.retrieve import normalise_reference
-from pipeline.synthesize import ClipResult, load_engine, render_clips
+from pipeline.synthesize import ClipResult, loaded_sampler, render_clips
 from svi_model.atomic_files import place_file
 
 
@@ -47,7 +47,7 @@ def generate_film(request: FilmRequest, out: Path) -> Path:
     job = request.clip_job(prompts)
     run = start_run(request)
     normalise_reference(request.retrieve.images[0], run.reference, max_width=request.render.max_width)
-    load_engine(job.engine)  # a model folder that cannot load fails here, before any progress bar is drawn
+    loaded_sampler(job.engine)  # a model folder that cannot load fails here, before any progress bar is drawn
     preview = out.with_name(out.stem + ".preview.mp4")
     clip_bar = tqdm(total=request.clips, desc="clips", unit="clip")
     step_bar = tqdm(total=job.settings.steps, desc="steps", unit="step", leave=False)

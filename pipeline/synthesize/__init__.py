@@ -4,7 +4,7 @@ clip store and checked by the request's per-clip checks (`CLIP_CHECKS`)."""
 from .checks import CLIP_CHECKS, ClipCheck
 from .clip_store import ClipStore
 from .driver import render_clips
-from .engines import EngineSpec, load_engine
+from .engines import EngineSpec, loaded_sampler
 from .stage import ClipJob, ClipResult, clip_key, run_clip_key, synthesize_clip
 
 __all__ = [
@@ -15,7 +15,7 @@ __all__ = [
     "ClipStore",
     "EngineSpec",
     "clip_key",
-    "load_engine",
+    "loaded_sampler",
     "render_clips",
     "run_clip_key",
     "synthesize_clip",

@@ -1,7 +1,10 @@
-"""Which model renders the clips, and the process-wide registry that keeps it loaded across clips.
+"""The engine: which model renders the clips (`EngineSpec`: model folder, LoRA, placement), and the process-wide
+registry of loaded samplers that keeps it in memory across clips.
 
-A Wan2.1-I2V-14B load takes minutes and ~40 GB; every clip task of a film (and of the next film in the same
-process) reuses the loaded engine. The registry is keyed by everything that changes the loaded weights.
+Words: the *engine* is what the spec names (its identity goes into cache keys and the manifest); the *sampler* is
+the loaded `ClipSampler` it becomes, which `FilmRenderer` renders with. A Wan2.1-I2V-14B load takes minutes and
+~40 GB; every clip task of a film (and of the next film in the same process) reuses the loaded sampler. The
+registry is keyed by everything that changes the loaded weights.
 """
 
 import threading
@@ -53,14 +56,14 @@ class EngineSpec(BaseModel):
         }
 
 
-_engines: dict[EngineSpec, ClipSampler] = {}
+_samplers: dict[EngineSpec, ClipSampler] = {}
 _lock = threading.Lock()
 
 
-def load_engine(spec: EngineSpec) -> ClipSampler:
-    """The loaded engine for `spec`, loading it on first use (thread-safe: Prefect runs tasks in threads)."""
+def loaded_sampler(spec: EngineSpec) -> ClipSampler:
+    """The sampler `spec` names, loading it on first use (thread-safe: Prefect runs tasks in threads)."""
     with _lock:
-        if spec not in _engines:
+        if spec not in _samplers:
             from svi_model.loading import load_wan_pipeline
             from svi_model.lora_files import apply_lora, read_lora_file
 
@@ -75,6 +78,6 @@ def load_engine(spec: EngineSpec) -> ClipSampler:
             if spec.lora is not None:
                 apply_lora(pipe.transformer, read_lora_file(spec.lora), scale=spec.lora_scale, fuse=spec.fuse_lora)
             # Only one model of this size fits: a different spec replaces the loaded one.
-            _engines.clear()
-            _engines[spec] = ClipSampler(pipe)
-        return _engines[spec]
+            _samplers.clear()
+            _samplers[spec] = ClipSampler(pipe)
+        return _samplers[spec]

@@ -24,7 +24,7 @@ from ..hashing import content_digest, tensor_digest
 from ..run_folder import RunFolder, load_reference_png, load_state
 from .checks import verdicts
 from .clip_store import ClipStore
-from .engines import EngineSpec, load_engine
+from .engines import EngineSpec, loaded_sampler
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def synthesize_clip(
     key = key or clip_key(k, job, reference, previous)
     reused = store.has(key)
     if not reused:
-        renderer = FilmRenderer(load_engine(job.engine), job.settings, reference, job.prompts)
+        renderer = FilmRenderer(loaded_sampler(job.engine), job.settings, reference, job.prompts)
         attempts = []
         for attempt in range(job.max_attempts):
             output, state = renderer.render_clip(k, previous, on_step, attempt=attempt)
