@@ -4,7 +4,7 @@ Every task is cached by content (its inputs' hashes, its settings and a stage ve
 `$SVI_CACHE_DIR/prefect-results`, so a retried run (the UI's Retry button), a rerun, or a new run with the same
 inputs reuses finished work; clip k's key includes the exact state clip k−1 handed over, so editing the prompt of
 clip 3 re-renders clips 3… and nothing before. Clips run one at a time (the loop is sequential: clip k needs
-clip k−1) on the engine kept loaded in the process; served, their tasks carry the tag `gpu` for a server-side limit.
+clip k−1) on the sampler kept loaded in the process; served, their tasks carry the tag `gpu` for a server-side limit.
 
 No `from __future__ import annotations` here: served runs must resolve the pydantic parameter types.
 """
@@ -257,7 +257,7 @@ def film(request: FilmRequest = FilmRequest()) -> Path:
     run = _start_run(request)
     if request.uses_random_weights():
         get_run_logger().warning("demo profile without a model: tiny RANDOM weights, the pictures will be noise")
-        demo_model(request.render.model or request.engine().model)
+        demo_model(request.engine().model)
     timings: dict[str, float] = {}
     chapters = _chapters(request, run, timings)
     progress = _ClipProgress(total=request.clips * len(chapters))

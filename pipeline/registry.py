@@ -38,9 +38,6 @@ class Registry(Generic[Entry]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self.entries
-
     def __getitem__(self, name: str) -> Entry:
         return self.entries[self.checked(name)]
 
@@ -67,5 +64,5 @@ class _CurrentNames:
     ) -> JsonSchemaValue:
         return {**handler(schema), "enum": self.registry.names()}
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # pydantic hashes type metadata; a registry is one object, its entries change
         return id(self.registry)

@@ -24,7 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from svi_model.atomic_files import write_text_atomic
-from svi_model.modes import MODE_NAMES, FilmSettings, mode_settings
+from svi_model.conditioning import Padding
+from svi_model.modes import MODE_NAMES, FilmSettings, PromptMode, mode_settings
 
 from .cache_folder import tiny_model_folder
 from .keywords import Keywords
@@ -35,6 +36,7 @@ from .storyline import StorylineRequest, read_prompt_file
 from .storyline.request import BackendName
 from .synthesize import ClipJob, EngineSpec
 from .synthesize.checks import CheckName
+from .synthesize.engines import Dtype, Offload
 
 PROFILES: dict[str, dict[str, Any]] = {
     "demo": dict(source="bundled", backend="template", device="cpu", num_frames=33, steps=8, max_width=416),
@@ -117,17 +119,17 @@ class RenderOptions(BaseModel):
     lora_scale: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength alpha")
     fuse_lora: bool = Field(True, description="merge the LoRA into the weights (false: keep it as an adapter)")
     device: str | None = Field(None, description="cuda, cuda:1 or cpu (default: the profile's, else cuda if any)")
-    dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="DiT and T5 dtype")
-    offload: Literal["none", "model", "group"] = Field("none", description="for smaller GPUs")
+    dtype: Dtype = Field("auto", description="DiT and T5 dtype")
+    offload: Offload = Field("none", description="for smaller GPUs")
     vae_tiling: bool = Field(False, description="less VAE memory (slightly changes the output)")
     num_frames: int | None = Field(None, description="frames per clip, 4k+1")
     steps: int | None = Field(None, ge=1, description="sampling steps")
     guidance_scale: float | None = Field(None, ge=1.0, description="classifier-free guidance (CFG)")
     seed: int = Field(42, ge=0, description="clip k uses seed·k")
     motion_frames: int | None = Field(None, ge=1, description="m: frames of the previous clip that condition the next")
-    padding: Literal["zeros", "reference"] | None = Field(None, description="what fills the condition after them")
+    padding: Padding | None = Field(None, description="what fills the condition after them")
     reference_count: int | None = Field(None, ge=1, description="reference padding: k references, then zeros")
-    prompt_mode: Literal["first", "stream"] | None = Field(None, description="one prompt for all, or the stream")
+    prompt_mode: PromptMode | None = Field(None, description="one prompt for all, or the stream")
     prompt_repeat: int | None = Field(None, ge=1, description="clips per prompt of the stream")
     fps: float = Field(16.0, gt=0, description="frames per second of the film")
     max_width: int | None = Field(None, ge=64, le=1920, description="film width at most (sides: multiples of 16)")

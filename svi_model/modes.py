@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .conditioning import TEMPORAL_COMPRESSION
+from .conditioning import TEMPORAL_COMPRESSION, Padding
 from .seeds import derived_seed
 
 Chaining = Literal["pixels", "latents"]
@@ -29,7 +29,7 @@ class FilmSettings(BaseModel):
 
     chaining: Chaining = "pixels"
     motion_frames: int = Field(1, ge=1, description="m: frames of the previous clip that condition the next")
-    padding: Literal["zeros", "reference"] = "zeros"
+    padding: Padding = "zeros"
     reference_count: int | None = Field(None, ge=1, description="with reference padding: k references, then zeros")
     prompt_mode: PromptMode = "stream"
     prompt_repeat: int = Field(1, ge=1, description="clips per prompt of the stream before moving on")

@@ -18,6 +18,9 @@ from svi_model.sampler import ClipSampler
 
 from ..hashing import file_sha256, folder_fingerprint
 
+Dtype = Literal["auto", "bf16", "fp32"]
+Offload = Literal["none", "model", "group"]
+
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -33,8 +36,8 @@ class EngineSpec(BaseModel):
     lora_scale: float = 1.0
     fuse_lora: bool = True
     device: str = _default_device()
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    offload: Literal["none", "model", "group"] = "none"
+    dtype: Dtype = "auto"
+    offload: Offload = "none"
     vae_tiling: bool = False
 
     @property
