@@ -89,7 +89,11 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _server(args: argparse.Namespace) -> None:
-    os.execvp("prefect", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port)])
+    # `prefect server start --port` does not move the address the UI calls (it stays :4200 unless told).
+    os.environ.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{args.port}/api")
+    # The prefect command beside this Python: `.venv/bin/svi server` works without the venv on PATH.
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    os.execv(prefect, [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(args.port)])
 
 
 def _batch(args: argparse.Namespace) -> None:
