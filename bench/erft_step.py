@@ -28,7 +28,7 @@ from svi_model.erft.error_bank import ErrorBank, grid_sigmas
 from svi_model.erft.lora_training import add_training_lora
 from svi_model.erft.recycling import ErrorRecycler, RecyclingSettings
 from svi_model.erft.step import ErftStep, StepInputs
-from svi_model.loading import transformer_config_of_original
+from svi_model.original_checkpoints import transformer_config_of_original
 from svi_model.sampler import TEXT_TOKENS, mask_and_latents, predict_velocity
 from svi_model.tiny import tiny_components
 

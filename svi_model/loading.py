@@ -15,17 +15,14 @@ import os
 # huggingface_hub reads this once, at import; set it before diffusers/transformers pull it in.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
-from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
-from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
 
+from .model_files import NOTHING_DOWNLOADED, ModelFolderError, indexed_shards, reading
+from .original_checkpoints import ORIGINAL_DIT_INDEX, ORIGINAL_VAE, original_transformer, original_vae
 from .schedule import SVIFlowMatchScheduler
 
 OFFLOAD_MODES = ("none", "model", "group")
@@ -44,31 +41,15 @@ DIFFUSERS_PARTS = {
     "transformer": "diffusers WanTransformer3DModel folder: config.json + weights",
     "vae": "diffusers AutoencoderKLWan folder: config.json + weights",
 } | ENCODER_PARTS
-ORIGINAL_DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
-ORIGINAL_VAE = "Wan2.1_VAE.pth"
 ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 ORIGINAL_FILES = {
     ORIGINAL_DIT_INDEX: "index of the original DiT safetensors shards",
     ORIGINAL_VAE: "original VAE checkpoint",
 }
-# Wan2.1-I2V-14B's original config.json, for folders that lack one; text_dim is a WanModel default it omits.
-WAN21_I2V_14B_CONFIG = {
-    "model_type": "i2v",
-    "dim": 5120,
-    "ffn_dim": 13824,
-    "freq_dim": 256,
-    "in_dim": 36,
-    "out_dim": 16,
-    "num_heads": 40,
-    "num_layers": 40,
-    "eps": 1e-6,
-    "text_dim": 4096,
-}
 # Wan resizes the reference to CLIP's 224x224 without cropping.
 DEFAULT_IMAGE_PROCESSOR = {"size": {"height": 224, "width": 224}, "do_center_crop": False}
 
-NOTHING_DOWNLOADED = "Nothing is downloaded: put the missing items in place and run again."
 ENCODERS_EXPLAINED = (
     f"The original release's {ORIGINAL_T5} and {ORIGINAL_CLIP} cannot be loaded by diffusers (it has no converter "
     "for them): put the diffusers-layout text_encoder/, tokenizer/ and image_encoder/ folders of "
@@ -76,43 +57,12 @@ ENCODERS_EXPLAINED = (
 )
 
 
-class ModelFolderError(ValueError):
-    """A model folder is missing, of no known layout, incomplete, or holds a file that cannot be read."""
-
-
-# ---- reading files --------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _reading(path: Path):
-    """Report any failure while reading `path` as a ModelFolderError naming it; the cause stays chained."""
-    try:
-        yield
-    except ModelFolderError:
-        raise
-    except Exception as error:
-        raise ModelFolderError(
-            f"could not read {path} ({type(error).__name__}: {error}). It may be truncated or corrupt: copy it again."
-        ) from error
-
-
-def _read_json(path: Path) -> dict:
-    with _reading(path):
-        return json.loads(path.read_text())
-
-
-def _indexed_shards(index: Path) -> list[str]:
-    """File names of the shards a `*.safetensors.index.json` maps weights to, each once."""
-    with _reading(index):
-        return sorted(set(_read_json(index)["weight_map"].values()))
-
-
 # ---- what a folder holds (cheap checks, before anything heavy is read) ----------------------------------------------
 
 
 def _missing_shards(index: Path) -> list[str]:
     """`path (what)` of every shard listed in a safetensors index that is not a file beside it."""
-    absent = [index.parent / shard for shard in _indexed_shards(index) if not (index.parent / shard).is_file()]
+    absent = [index.parent / shard for shard in indexed_shards(index) if not (index.parent / shard).is_file()]
     return [f"{path} (weights shard listed in {index.name})" for path in absent]
 
 
@@ -205,92 +155,15 @@ def _checked_layout(folder: Path, components_folder: Path | None) -> str:
     return layout
 
 
-# ---- the original layout: diffusers' converters ---------------------------------------------------------------------
-
-
-def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype, keep_in_fp32: list[str] | None) -> dict:
-    """Cast floating tensors to `dtype`, keeping modules named in `keep_in_fp32` at float32 as from_pretrained does."""
-
-    def target(name: str) -> torch.dtype:
-        return torch.float32 if keep_in_fp32 and set(keep_in_fp32) & set(name.split(".")) else dtype
-
-    return {k: v.to(target(k)) if v.is_floating_point() else v for k, v in state.items()}
-
-
-def _model_from_state(model_class, config: dict, state: dict, source: Path) -> torch.nn.Module:
-    """A `model_class(**config)` holding exactly `state`; built on the meta device so no weights exist twice."""
-    # Buffers stay real: the rope tables are not in any checkpoint.
-    with init_empty_weights(include_buffers=False):
-        model = model_class.from_config(config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
-        raise ModelFolderError(f"the weights in {source} do not fit {model_class.__name__}: {error}") from error
-    return model
-
-
-def transformer_config_of_original(original: dict) -> dict:
-    """diffusers `WanTransformer3DModel` config for an original Wan `config.json` (`{}`: Wan2.1-I2V-14B's), less
-    `image_dim`, which Wan does not configure. Keys left out take diffusers' defaults, which are Wan's."""
-    if original.get("model_type", "i2v") != "i2v":
-        raise ModelFolderError(
-            f"the DiT is a {original['model_type']!r} model; SVI needs the image-to-video one (model_type 'i2v')"
-        )
-    config = WAN21_I2V_14B_CONFIG | original
-    return {
-        "num_attention_heads": config["num_heads"],
-        "attention_head_dim": config["dim"] // config["num_heads"],
-        "in_channels": config["in_dim"],
-        "out_channels": config["out_dim"],
-        "text_dim": config["text_dim"],
-        "freq_dim": config["freq_dim"],
-        "ffn_dim": config["ffn_dim"],
-        "num_layers": config["num_layers"],
-        "eps": config["eps"],
-        "added_kv_proj_dim": config["dim"],
-    }
-
-
-def _original_transformer(folder: Path, dtype: torch.dtype) -> WanTransformer3DModel:
-    """The DiT of an original-layout folder: every shard of its index, renamed by diffusers' own converter."""
-    original = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    config = transformer_config_of_original(original)
-    index = folder / ORIGINAL_DIT_INDEX
-    state = {}
-    for shard in _indexed_shards(index):
-        with _reading(folder / shard):
-            tensors = load_file(folder / shard)
-        # Cast shard by shard, so a float32 release never sits in memory whole next to its bfloat16 copy.
-        converted = convert_wan_transformer_to_diffusers(tensors)
-        state |= _cast(converted, dtype, WanTransformer3DModel._keep_in_fp32_modules)
-    # Wan hard-codes CLIP's width (1280) instead of configuring it; the checkpoint says what it really is.
-    image_norm = state.get("condition_embedder.image_embedder.norm1.weight")
-    if image_norm is None:
-        raise ModelFolderError(f"the DiT of {index} has no image embedding (img_emb.*): it is not an I2V model")
-    config["image_dim"] = image_norm.shape[0]
-    return _model_from_state(WanTransformer3DModel, config, state, index)
-
-
-def _original_vae(folder: Path, dtype: torch.dtype) -> AutoencoderKLWan:
-    """`Wan2.1_VAE.pth` converted by diffusers; config from `vae/config.json` if present, else Wan2.1's default."""
-    path = folder / ORIGINAL_VAE
-    with _reading(path):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    config_folder = folder / "vae"
-    config = AutoencoderKLWan.load_config(config_folder) if (config_folder / "config.json").is_file() else {}
-    state = _cast(convert_wan_vae_to_diffusers(checkpoint), dtype, AutoencoderKLWan._keep_in_fp32_modules)
-    return _model_from_state(AutoencoderKLWan, config, state, path)
-
-
 def _pretrained(loader, root: Path, name: str, **kwargs):
-    with _reading(root / name):
+    with reading(root / name):
         return loader.from_pretrained(root, subfolder=name, local_files_only=True, **kwargs)
 
 
 def _transformer(folder: Path, layout: str, dtype: torch.dtype) -> WanTransformer3DModel:
     """The DiT of a checked folder of `layout` ("diffusers" or "original"), in `dtype`."""
     if layout == "original":
-        return _original_transformer(folder, dtype)
+        return original_transformer(folder, dtype)
     return _pretrained(WanTransformer3DModel, folder, "transformer", torch_dtype=dtype)
 
 
@@ -352,7 +225,7 @@ def load_wan_pipeline(
     if layout == "diffusers":
         vae = _pretrained(AutoencoderKLWan, folder, "vae", torch_dtype=vae_dtype)
     else:
-        vae = _original_vae(folder, vae_dtype)
+        vae = original_vae(folder, vae_dtype)
 
     def root(name: str) -> Path:
         return _part_root(name, folder, components)
