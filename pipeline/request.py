@@ -122,6 +122,9 @@ class RenderOptions(BaseModel):
     dtype: Dtype = Field("auto", description="DiT and T5 dtype")
     offload: Offload = Field("none", description="for smaller GPUs")
     vae_tiling: bool = Field(False, description="less VAE memory (slightly changes the output)")
+    boundary: float | None = Field(
+        None, gt=0.0, lt=1.0, description="two-expert models (Wan2.2): where the low-noise expert takes over (0.875)"
+    )
     num_frames: int | None = Field(None, description="frames per clip, 4k+1")
     steps: int | None = Field(None, ge=1, description="sampling steps")
     guidance_scale: float | None = Field(None, ge=1.0, description="classifier-free guidance (CFG)")
@@ -259,7 +262,9 @@ class FilmRequest(BaseModel):
         """The model and how it is placed: the demo renders the tiny model unless given one."""
         render = self.render
         model = render.model or (tiny_model_folder() if self.profile == "demo" else None)
-        fields = render.model_dump(include={"lora", "lora_scale", "fuse_lora", "dtype", "offload", "vae_tiling"})
+        fields = render.model_dump(
+            include={"lora", "lora_scale", "fuse_lora", "dtype", "offload", "vae_tiling", "boundary"}
+        )
         return EngineSpec(model=model, **fields, **({"device": render.device} if render.device else {}))
 
     def clip_job(self, prompts: list[str]) -> ClipJob:

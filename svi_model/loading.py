@@ -21,7 +21,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
 
-from .model_files import NOTHING_DOWNLOADED, ModelFolderError, indexed_shards, reading
+from .model_files import NOTHING_DOWNLOADED, ModelFolderError, indexed_shards, read_json, reading
 from .original_checkpoints import ORIGINAL_DIT_INDEX, ORIGINAL_VAE, original_transformer, original_vae
 from .schedule import SVIFlowMatchScheduler
 
@@ -41,6 +41,8 @@ DIFFUSERS_PARTS = {
     "transformer": "diffusers WanTransformer3DModel folder: config.json + weights",
     "vae": "diffusers AutoencoderKLWan folder: config.json + weights",
 } | ENCODER_PARTS
+# Wan2.2-I2V-A14B's second expert (low noise); its folder says so in model_index.json, with its boundary_ratio.
+LOW_NOISE_EXPERT = {"transformer_2": "the low-noise expert: diffusers WanTransformer3DModel folder"}
 ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 ORIGINAL_FILES = {
@@ -127,6 +129,19 @@ def _not_a_model_folder(folder: Path) -> ModelFolderError:
     )
 
 
+def _model_index(folder: Path) -> dict:
+    """The folder's `model_index.json` ({} when it has none)."""
+    return read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
+
+
+def _diffusers_parts(folder: Path) -> dict[str, str]:
+    """The component folders a diffusers-layout folder must hold: Wan2.1's, plus the low-noise expert where the
+    model index lists one, less a component it lists as absent (Wan2.2-A14B has no image encoder)."""
+    index = _model_index(folder)
+    parts = DIFFUSERS_PARTS | (LOW_NOISE_EXPERT if (index.get("transformer_2") or [None])[0] else {})
+    return {name: what for name, what in parts.items() if index.get(name, [True])[0] is not None}
+
+
 def _checked_layout(folder: Path, components_folder: Path | None) -> str:
     """The layout ("diffusers" or "original") once every file a load needs is present, else a ModelFolderError."""
     if not folder.is_dir():
@@ -143,7 +158,7 @@ def _checked_layout(folder: Path, components_folder: Path | None) -> str:
         advice = f"{ENCODERS_EXPLAINED} " if encoder_gaps else ""
     elif (folder / "model_index.json").is_file() or (folder / "transformer").is_dir():
         layout = "diffusers"
-        missing = _missing_parts(DIFFUSERS_PARTS, folder, components_folder)
+        missing = _missing_parts(_diffusers_parts(folder), folder, components_folder)
         advice = ""
     else:
         raise _not_a_model_folder(folder)
@@ -204,7 +219,9 @@ def load_wan_pipeline(
     vae_tiling: bool = False,
     components_folder: str | os.PathLike | None = None,
 ) -> WanImageToVideoPipeline:
-    """A `WanImageToVideoPipeline` of the Wan2.1-I2V model in `folder` (either layout), modules in eval mode.
+    """A `WanImageToVideoPipeline` of the Wan I2V model in `folder` (either layout), modules in eval mode: Wan2.1's
+    one DiT with its CLIP image encoder, or (diffusers layout) Wan2.2-A14B's two experts (`transformer` high noise,
+    `transformer_2` low noise, the folder's `boundary_ratio`) without one.
 
     `offload`: "none" puts every module on `device`; "model" moves whole modules to `device` while they run;
     "group" streams the transformer blocks (and the encoders' layers) one at a time. Both offloads need a GPU.
@@ -230,23 +247,31 @@ def load_wan_pipeline(
     def root(name: str) -> Path:
         return _part_root(name, folder, components)
 
-    processor_root = root("image_processor")
-    if (processor_root / "image_processor").is_dir():
-        image_processor = _pretrained(CLIPImageProcessor, processor_root, "image_processor")
-    else:
-        image_processor = CLIPImageProcessor(**DEFAULT_IMAGE_PROCESSOR)
+    parts = _diffusers_parts(folder) if layout == "diffusers" else DIFFUSERS_PARTS
+    image = {}
+    if "image_encoder" in parts:
+        processor_root = root("image_processor")
+        if (processor_root / "image_processor").is_dir():
+            image_processor = _pretrained(CLIPImageProcessor, processor_root, "image_processor")
+        else:
+            image_processor = CLIPImageProcessor(**DEFAULT_IMAGE_PROCESSOR)
+        encoder = _pretrained(CLIPVisionModel, root("image_encoder"), "image_encoder", dtype=image_encoder_dtype)
+        image = dict(image_encoder=encoder.eval(), image_processor=image_processor)
+    experts = {}
+    if "transformer_2" in parts:
+        low_noise = _pretrained(WanTransformer3DModel, folder, "transformer_2", torch_dtype=transformer_dtype)
+        experts = dict(transformer_2=low_noise.eval(), boundary_ratio=_model_index(folder).get("boundary_ratio"))
     pipe = WanImageToVideoPipeline(
         tokenizer=_pretrained(AutoTokenizer, root("tokenizer"), "tokenizer"),
         text_encoder=_pretrained(UMT5EncoderModel, root("text_encoder"), "text_encoder", dtype=text_encoder_dtype),
-        image_encoder=_pretrained(CLIPVisionModel, root("image_encoder"), "image_encoder", dtype=image_encoder_dtype),
-        image_processor=image_processor,
-        transformer=transformer,
-        vae=vae,
+        transformer=transformer.eval(),
+        vae=vae.eval(),
         scheduler=SVIFlowMatchScheduler(),
+        **image,
+        **experts,
     )
     # Modules converted from the original layout come out of from_config in train mode.
-    for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder):
-        module.eval()
+    pipe.text_encoder.eval()
     if vae_tiling:
         pipe.vae.enable_tiling()
     if offload == "model":

@@ -31,6 +31,11 @@ TEXT_TOKENS = 512
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
+# The SVI authors' Wan2.2 pipelines hand the denoising from the high-noise to the low-noise expert once the timestep
+# drops below 0.875·1000 (`switch_DiT_boundary=0.875` in diffsynth/pipelines/wan_video_svi*.py); diffusers'
+# Wan2.2-I2V-A14B folder configures 0.9. SVI's LoRAs were trained and tested at 0.875: it is the default here.
+SVI_EXPERT_BOUNDARY = 0.875
+
 StepCallback = Callable[[int, int], None]
 
 
@@ -70,14 +75,15 @@ def predict_velocity(
     model_input: torch.Tensor,
     timestep: torch.Tensor,
     text_embeds: torch.Tensor,
-    image_embeds: torch.Tensor,
+    image_embeds: torch.Tensor | None,
 ) -> torch.Tensor:
     """The DiT's predicted velocity `[B, 16, T, h, w]`, called the same way in sampling and in training.
 
     Args:
         transformer: a WanTransformer3DModel, or a wrapper of one (DDP, PEFT) that forwards its keywords.
         model_input: `[B, 36, T, h, w]` = noisy latents, then `mask_and_latents` of the condition latents.
-        timestep: `[B]`, 1000·σ. text_embeds: `[B, 512, D]`. image_embeds: `[B, 257, 1280]` (real size).
+        timestep: `[B]`, 1000·σ. text_embeds: `[B, 512, D]`. image_embeds: `[B, 257, 1280]` (real size), or None
+            for a DiT without image tokens (Wan2.2-A14B).
     """
     return transformer(
         hidden_states=model_input,
@@ -93,11 +99,22 @@ class ClipSampler:
 
     Text embeddings are cached per prompt (a stream repeats prompts; the negative prompt never changes), the
     `TEXT_CACHE_SIZE` most recently used ones (4 MB each on the GPU at real size).
+
+    Two experts (a pipeline with `transformer_2`, Wan2.2-A14B): the high-noise `transformer` predicts while the
+    timestep is at or above `boundary`·1000, the low-noise `transformer_2` below it, in one Euler loop; `boundary`
+    defaults to `SVI_EXPERT_BOUNDARY`, not the folder's `boundary_ratio`.
     """
 
-    def __init__(self, pipe: WanImageToVideoPipeline, negative_prompt: str = SVI_NEGATIVE_PROMPT):
+    def __init__(
+        self,
+        pipe: WanImageToVideoPipeline,
+        negative_prompt: str = SVI_NEGATIVE_PROMPT,
+        boundary: float | None = None,
+    ):
         self.pipe = pipe
         self.negative_prompt = negative_prompt
+        two_experts = getattr(pipe, "transformer_2", None) is not None
+        self.boundary = (SVI_EXPERT_BOUNDARY if boundary is None else boundary) if two_experts else None
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         vae = pipe.vae.config
         self._latents_mean = torch.tensor(vae.latents_mean).view(vae.z_dim, 1, 1, 1)
@@ -121,10 +138,23 @@ class ClipSampler:
             self._text_cache.popitem(last=False)
         return embeds
 
+    def experts(self, steps: int) -> list[int]:
+        """Which expert predicts at each of `steps` steps: 0 the (high-noise) `transformer`, 1 the low-noise
+        `transformer_2` (all 0 with one DiT)."""
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(steps)
+        if self.boundary is None:
+            return [0] * steps
+        switch = self.boundary * scheduler.config.num_train_timesteps
+        return [0 if t >= switch else 1 for t in scheduler.timesteps.tolist()]
+
     @torch.no_grad()
-    def image_embeddings(self, frame: torch.Tensor) -> torch.Tensor:
-        """CLIP ViT penultimate-layer tokens `[1, 257, 1280]` (real size) of a uint8 frame `[H, W, 3]`."""
+    def image_embeddings(self, frame: torch.Tensor) -> torch.Tensor | None:
+        """CLIP ViT penultimate-layer tokens `[1, 257, 1280]` (real size) of a uint8 frame `[H, W, 3]`; None for a
+        model without an image encoder (Wan2.2-A14B: its DiT takes no image tokens)."""
         encoder = self.pipe.image_encoder
+        if encoder is None:
+            return None
         processor = self.pipe.image_processor
         pixels = clip_pixels(
             frame,
@@ -158,49 +188,49 @@ class ClipSampler:
     def denoise(
         self,
         condition: torch.Tensor,
-        image_embeds: torch.Tensor,
+        image_embeds: torch.Tensor | None,
         prompt_embeds: torch.Tensor,
         negative_embeds: torch.Tensor | None,
         seed: int,
         steps: int,
         guidance_scale: float,
         on_step: StepCallback | None = None,
+        guidance_scale_2: float | None = None,
     ) -> torch.Tensor:
         """Flow-matching Euler with text CFG from seeded noise. Returns float32 latents `[16, T, h, w]`.
 
         Args:
             condition: `[20, T, h, w]` = 4 mask channels + 16 condition-latent channels.
+            image_embeds: CLIP tokens, or None for a DiT without image tokens.
             negative_embeds: None runs without guidance (guidance_scale must then be ≤ 1).
+            guidance_scale_2: the low-noise expert's guidance (default: `guidance_scale`).
         The noise is drawn on the CPU from a generator seeded with `seed`, so a clip is the same on any device.
         """
         dtype = self.pipe.transformer.dtype
         scheduler = self.pipe.scheduler
+        experts = self.experts(steps)  # before the device schedule: it sets the scheduler's timesteps itself
         scheduler.set_timesteps(steps, device=self.device)
         shape = (1, self.pipe.vae.config.z_dim, *condition.shape[1:])
         latents = randn_tensor(
             shape, generator=torch.Generator("cpu").manual_seed(seed), device=self.device, dtype=torch.float32
         )
         condition = condition[None].to(self.device, torch.float32)
-        guided = guidance_scale > 1.0 and negative_embeds is not None
-        image_embeds = image_embeds.to(dtype)
+        scales = (guidance_scale, guidance_scale if guidance_scale_2 is None else guidance_scale_2)
+        image_embeds = None if image_embeds is None else image_embeds.to(dtype)
         prompt_embeds = prompt_embeds.to(dtype)
-        negative_embeds = negative_embeds.to(dtype) if guided else None
-        for i, t in enumerate(scheduler.timesteps):
+        negative_embeds = None if negative_embeds is None else negative_embeds.to(dtype)
+        transformers = (self.pipe.transformer, getattr(self.pipe, "transformer_2", None))
+        for i, (t, expert) in enumerate(zip(scheduler.timesteps, experts, strict=True)):
+            transformer, scale = transformers[expert], scales[expert]
             model_input = torch.cat([latents, condition], dim=1).to(dtype)
-            velocity = self._velocity(model_input, t, prompt_embeds, image_embeds)
-            if guided:
-                velocity_uncond = self._velocity(model_input, t, negative_embeds, image_embeds)
-                velocity = velocity_uncond + guidance_scale * (velocity - velocity_uncond)
+            velocity = predict_velocity(transformer, model_input, t.expand(1), prompt_embeds, image_embeds)
+            if scale > 1.0 and negative_embeds is not None:
+                velocity_uncond = predict_velocity(transformer, model_input, t.expand(1), negative_embeds, image_embeds)
+                velocity = velocity_uncond + scale * (velocity - velocity_uncond)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             if on_step is not None:
                 on_step(i + 1, steps)
         return latents[0].float()
-
-    def _velocity(
-        self, model_input: torch.Tensor, t: torch.Tensor, text_embeds: torch.Tensor, image_embeds: torch.Tensor
-    ) -> torch.Tensor:
-        """The DiT's predicted velocity `[1, 16, T, h, w]` for one text condition."""
-        return predict_velocity(self.pipe.transformer, model_input, t.expand(1), text_embeds, image_embeds)
 
     @torch.no_grad()
     def render(
@@ -211,9 +241,14 @@ class ClipSampler:
         steps: int = 50,
         guidance_scale: float = 5.0,
         on_step: StepCallback | None = None,
+        guidance_scale_2: float | None = None,
     ) -> ClipOutput:
-        """One clip: denoise under `condition`, decode in the VAE's dtype, truncate to uint8."""
-        negative = self.text_embeddings(self.negative_prompt) if guidance_scale > 1.0 else None
+        """One clip: denoise under `condition`, decode in the VAE's dtype, truncate to uint8.
+
+        guidance_scale_2: the low-noise expert's guidance with two experts (default: `guidance_scale`).
+        """
+        guided = max(guidance_scale, guidance_scale if guidance_scale_2 is None else guidance_scale_2) > 1.0
+        negative = self.text_embeddings(self.negative_prompt) if guided else None
         latents = self.denoise(
             mask_and_latents(condition.latents),
             self.image_embeddings(condition.image_encoder_frame),
@@ -223,6 +258,7 @@ class ClipSampler:
             steps,
             guidance_scale,
             on_step,
+            guidance_scale_2,
         )
         frames = to_uint8(self.decode(latents)).cpu()
         return ClipOutput(frames=frames, latents=latents.cpu())

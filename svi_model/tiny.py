@@ -1,9 +1,11 @@
-"""Tiny Wan2.1-I2V components of the real diffusers/transformers classes, built offline in well under a second.
+"""Tiny Wan I2V components of the real diffusers/transformers classes, built offline in well under a second.
 
-They have the real architecture (36 input channels, CLIP image tokens, added K/V projections, a causal VAE with
-16 latent channels and the 4x temporal / 8x spatial compression) at a few kB of random weights, so every code
-path of the engine runs on a CPU in tests and in the demo. Nothing here downloads anything: the UMT5 tokenizer is
-a unigram vocabulary written out below (whole words plus single characters, so any text tokenizes).
+Wan2.1-I2V: the real architecture (36 input channels, CLIP image tokens, added K/V projections, a causal VAE with
+16 latent channels and the 4x temporal / 8x spatial compression) at a few kB of random weights. Wan2.2-I2V-A14B
+(`wan22=True`): two experts of that DiT without the image tokens (no CLIP image encoder), the high-noise one as
+`transformer`, the low-noise one as `transformer_2`, and the folder's `boundary_ratio` as diffusers ships it (0.9).
+Every code path of the engine runs on a CPU in tests and in the demo. Nothing here downloads anything: the UMT5
+tokenizer is a unigram vocabulary written out below (whole words plus single characters, so any text tokenizes).
 """
 
 import os
@@ -43,11 +45,39 @@ def tiny_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-def tiny_components(seed: int = 0) -> dict:
+# diffusers' Wan2.2-I2V-A14B-Diffusers configures its expert switch here (the SVI authors switch at 0.875).
+WAN22_BOUNDARY_RATIO = 0.9
+
+
+def tiny_transformer(seed: int, image_tokens: bool = True) -> WanTransformer3DModel:
+    """A tiny random Wan I2V DiT: 2 blocks x 2 heads x 12 dims, 36 in / 16 out channels, text 32, and (Wan2.1)
+    CLIP image tokens of width 16 with their added K/V projections."""
+    torch.manual_seed(seed)
+    image = dict(image_dim=16, added_kv_proj_dim=24) if image_tokens else {}
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=64,
+        **image,
+    )
+
+
+def tiny_components(seed: int = 0, wan22: bool = False) -> dict:
     """Random tiny components in eval mode, keyed as `WanImageToVideoPipeline` expects them.
 
     Sizes: transformer 2 blocks x 2 heads x 12 dims (36 in / 16 out channels, text 32, image 16), VAE base 3,
     UMT5 d_model 32, CLIP ViT with 32x32 input and 8x8 patches (17 tokens of width 16; the real one is 257x1280).
+    wan22: two experts without image tokens and no image encoder (Wan2.2-I2V-A14B's shape).
     """
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
@@ -77,24 +107,7 @@ def tiny_components(seed: int = 0) -> dict:
         )
     )
     image_processor = CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32})
-    torch.manual_seed(seed + 2)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=36,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        image_dim=16,
-        added_kv_proj_dim=24,
-        rope_max_seq_len=64,
-    )
+    transformer = tiny_transformer(seed + 2, image_tokens=not wan22)
     torch.manual_seed(seed + 3)
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
@@ -102,24 +115,32 @@ def tiny_components(seed: int = 0) -> dict:
     # Hand-built modules start in train mode; UMT5's dropout would make every run differ.
     for module in (text_encoder, image_encoder, transformer, vae):
         module.eval()
-    return dict(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        image_encoder=image_encoder,
-        image_processor=image_processor,
-        transformer=transformer,
-        vae=vae,
-        # A stock class, so the saved folder loads anywhere; the engine always samples with SVIFlowMatchScheduler.
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=SVI_SHIFT),
+    if wan22:
+        experts = dict(transformer_2=tiny_transformer(seed + 4, image_tokens=False).eval())
+        experts |= dict(image_encoder=None, image_processor=None, boundary_ratio=WAN22_BOUNDARY_RATIO)
+    else:
+        experts = {}
+    return (
+        dict(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            image_encoder=image_encoder,
+            image_processor=image_processor,
+            transformer=transformer,
+            vae=vae,
+            # A stock class, so the saved folder loads anywhere; the engine always samples with SVIFlowMatchScheduler.
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=SVI_SHIFT),
+        )
+        | experts
     )
 
 
-def save_tiny_model(folder: str | os.PathLike, seed: int = 0) -> str:
+def save_tiny_model(folder: str | os.PathLike, seed: int = 0, wan22: bool = False) -> str:
     """Write a tiny model folder in the diffusers layout (`model_index.json`, `transformer/`, `vae/`, ...).
 
     Returns the folder path. The folder loads with `svi_model.loading.load_wan_pipeline` like a real one.
     """
     from diffusers import WanImageToVideoPipeline
 
-    WanImageToVideoPipeline(**tiny_components(seed)).save_pretrained(str(folder))
+    WanImageToVideoPipeline(**tiny_components(seed, wan22)).save_pretrained(str(folder))
     return str(folder)

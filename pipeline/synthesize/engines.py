@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from svi_model.sampler import ClipSampler
 
@@ -39,6 +39,9 @@ class EngineSpec(BaseModel):
     dtype: Dtype = "auto"
     offload: Offload = "none"
     vae_tiling: bool = False
+    boundary: float | None = Field(
+        None, gt=0.0, lt=1.0, description="two experts: where the low-noise one takes over, ·1000 (default 0.875)"
+    )
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -56,6 +59,8 @@ class EngineSpec(BaseModel):
             "fuse_lora": self.fuse_lora,
             "dtype": str(self.torch_dtype),
             "vae_tiling": self.vae_tiling,
+            # Only when set: a one-expert model's identity (and every clip key made before) stays as it was.
+            **({"boundary": self.boundary} if self.boundary is not None else {}),
         }
 
 
@@ -82,5 +87,5 @@ def loaded_sampler(spec: EngineSpec) -> ClipSampler:
                 apply_lora(pipe.transformer, read_lora_file(spec.lora), scale=spec.lora_scale, fuse=spec.fuse_lora)
             # Only one model of this size fits: a different spec replaces the loaded one.
             _samplers.clear()
-            _samplers[spec] = ClipSampler(pipe)
+            _samplers[spec] = ClipSampler(pipe, boundary=spec.boundary)
         return _samplers[spec]

@@ -1,0 +1,126 @@
+"""Wan2.2-I2V-A14B's two experts: which expert denoises at each step, the one-expert parity anchor, guidance per
+expert, no image tokens, and the diffusers-layout model folder (tiny models of the same classes, CPU)."""
+
+import copy
+import math
+import shutil
+
+import pytest
+import torch
+from diffusers import WanImageToVideoPipeline
+
+from pipeline.synthesize import EngineSpec, loaded_sampler
+from svi_model.chain import FilmRenderer
+from svi_model.loading import ModelFolderError, load_wan_pipeline
+from svi_model.modes import mode_settings
+from svi_model.sampler import SVI_EXPERT_BOUNDARY, ClipCondition, ClipSampler
+from svi_model.schedule import SVI_SHIFT, SVIFlowMatchScheduler
+from svi_model.tiny import save_tiny_model, tiny_components
+
+
+def high_noise_steps(steps: int, boundary: float, shift: float = SVI_SHIFT) -> int:
+    """Steps at or above the boundary, worked out on paper: σ' = s·σ/(1+(s−1)·σ) ≥ b ⇔ σ ≥ b/(s − (s−1)·b), and
+    step i has σ = 1 − i/N, so the high-noise expert takes the steps i ≤ N·(1 − b/(s − (s−1)·b))."""
+    return math.floor(steps * (1 - boundary / (shift - (shift - 1) * boundary))) + 1
+
+
+def wan22_pipe(transformer_2=None) -> WanImageToVideoPipeline:
+    components = tiny_components(wan22=True)
+    if transformer_2 is not None:
+        components["transformer_2"] = transformer_2(components)
+    components["scheduler"] = SVIFlowMatchScheduler()
+    pipe = WanImageToVideoPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "steps, boundary, high",
+    [(50, 0.875, 21), (6, 0.875, 3), (8, 0.875, 4), (4, 0.875, 2), (50, 0.9, 18), (40, 0.9, 15), (10, 0.5, 9)],
+)
+def test_the_high_noise_expert_runs_down_to_the_boundary_then_the_low_noise_one(steps, boundary, high):
+    assert high_noise_steps(steps, boundary) == high
+    sampler = ClipSampler(wan22_pipe(), boundary=boundary)
+    assert sampler.experts(steps) == [0] * high + [1] * (steps - high)
+
+
+def test_the_svi_boundary_is_the_authors_not_the_folders():
+    pipe = wan22_pipe()
+    assert pipe.config.boundary_ratio == 0.9
+    assert ClipSampler(pipe).boundary == SVI_EXPERT_BOUNDARY == 0.875
+
+
+def condition(pipe: WanImageToVideoPipeline, sampler: ClipSampler) -> ClipCondition:
+    reference = torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    renderer = FilmRenderer(sampler, mode_settings("film", num_frames=9, steps=4), reference, ["a red ball"])
+    return renderer.condition(0, None)
+
+
+def test_two_identical_experts_equal_the_one_expert_loop():
+    one = wan22_pipe()
+    one.transformer_2 = None
+    two = wan22_pipe(transformer_2=lambda components: copy.deepcopy(components["transformer"]))
+    single, double = ClipSampler(one), ClipSampler(two)
+    assert double.experts(6) == [0, 0, 0, 1, 1, 1]
+    a = single.render("a red ball rolls", 42, condition(one, single), steps=6, guidance_scale=5.0)
+    b = double.render("a red ball rolls", 42, condition(two, double), steps=6, guidance_scale=5.0)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.frames, b.frames)
+
+
+def test_each_expert_runs_its_steps_with_its_own_guidance():
+    pipe = wan22_pipe()
+    sampler = ClipSampler(pipe)
+    calls = {"high": 0, "low": 0}
+    pipe.transformer.register_forward_hook(lambda *_: calls.__setitem__("high", calls["high"] + 1))
+    pipe.transformer_2.register_forward_hook(lambda *_: calls.__setitem__("low", calls["low"] + 1))
+    image_tokens = []
+    original = pipe.transformer.forward
+
+    def seen(*args, **kwargs):
+        image_tokens.append(kwargs["encoder_hidden_states_image"])
+        return original(*args, **kwargs)
+
+    pipe.transformer.forward = seen
+    sampler.render("a red ball rolls", 42, condition(pipe, sampler), steps=6, guidance_scale=5.0, guidance_scale_2=1.0)
+    # 3 high-noise steps with CFG (2 forwards each), 3 low-noise steps without (1 forward each).
+    assert calls == {"high": 6, "low": 3}
+    assert image_tokens == [None] * 6  # Wan2.2-A14B has no image encoder: no image tokens reach the DiT
+
+
+def test_a_wan22_folder_loads_with_both_experts_and_no_image_encoder(tmp_path):
+    folder = save_tiny_model(tmp_path / "wan22", wan22=True)
+    pipe = load_wan_pipeline(folder, transformer_dtype=torch.float32, text_encoder_dtype=torch.float32)
+    assert pipe.transformer_2 is not None and pipe.image_encoder is None and pipe.config.boundary_ratio == 0.9
+    reference = tiny_components(wan22=True)["transformer_2"].state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in pipe.transformer_2.state_dict().items())
+
+    sampler = loaded_sampler(EngineSpec(model=folder, device="cpu"))
+    assert sampler.boundary == 0.875
+    assert loaded_sampler(EngineSpec(model=folder, device="cpu", boundary=0.9)).boundary == 0.9
+
+
+def test_a_wan22_folder_without_its_low_noise_expert_says_so(tmp_path):
+    folder = tmp_path / "wan22"
+    save_tiny_model(folder, wan22=True)
+    shutil.rmtree(folder / "transformer_2")
+    with pytest.raises(ModelFolderError, match=r"transformer_2/ \(the low-noise expert"):
+        load_wan_pipeline(folder)
+
+
+def test_a_boundary_changes_the_engines_identity_only_when_given(tmp_path):
+    folder = save_tiny_model(tmp_path / "wan22", wan22=True)
+    plain = EngineSpec(model=folder, device="cpu").identity()
+    assert "boundary" not in plain
+    assert EngineSpec(model=folder, device="cpu", boundary=0.9).identity() == {**plain, "boundary": 0.9}
+
+
+@pytest.mark.parametrize("mode", ["film", "pro"])
+def test_a_film_renders_on_the_two_experts(mode, tmp_path):
+    pipe = wan22_pipe()
+    sampler = ClipSampler(pipe)
+    reference = torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    settings = mode_settings(mode, num_frames=9, steps=4)
+    renderer = FilmRenderer(sampler, settings, reference, ["a red ball", "the ball rolls"])
+    clips = list(renderer.clips(2))
+    assert [k for k, _, _ in clips] == [0, 1]
+    assert all(output.frames.shape == (9, 32, 48, 3) for _, output, _ in clips)
