@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from svi_model.atomic_files import write_text_atomic
 from svi_model.conditioning import Padding
-from svi_model.modes import MODE_NAMES, FilmSettings, PromptMode, mode_settings
+from svi_model.modes import MODE_NAMES, FilmSettings, PromptMode, Stitch, mode_settings
 
 from .cache_folder import tiny_model_folder
 from .keywords import Keywords
@@ -134,6 +134,8 @@ class RenderOptions(BaseModel):
     reference_count: int | None = Field(None, ge=1, description="reference padding: k references, then zeros")
     prompt_mode: PromptMode | None = Field(None, description="one prompt for all, or the stream")
     prompt_repeat: int | None = Field(None, ge=1, description="clips per prompt of the stream")
+    stitch: Stitch | None = Field(None, description="which of two clips drops the frames they share: tail or head")
+    overlap_frames: int | None = Field(None, ge=1, description="frames two consecutive clips share (default: m)")
     fps: float = Field(16.0, gt=0, description="frames per second of the film")
     max_width: int | None = Field(None, ge=64, le=1920, description="film width at most (sides: multiples of 16)")
     checks: list[CheckName] = Field(default_factory=list, description="per-clip checks a clip must pass")

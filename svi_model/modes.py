@@ -1,16 +1,25 @@
 """The SVI modes as settings: how clips are conditioned, chained, prompted and stitched.
 
-| mode   | chaining | motion frames m | padding   | prompts                       | released LoRA                  |
-|--------|----------|-----------------|-----------|-------------------------------|--------------------------------|
-| shot   | pixels   | 1               | reference | the first prompt for all      | svi-shot.safetensors           |
-| film   | pixels   | 5               | zeros     | stream, `prompts[(k//r) % L]` | svi-film-opt-10212025          |
-| tom    | pixels   | 1               | zeros     | stream                        | svi-tom.safetensors            |
-| pro    | latents  | 1 latent frame  | zeros (latent) + anchor | stream          | SVI 2.0 Pro LoRA               |
+| mode | chaining | m              | padding        | prompts                       | stitch  | released LoRA          |
+|------|----------|----------------|----------------|-------------------------------|---------|------------------------|
+| shot | pixels   | 1              | reference      | the first prompt for all      | tail, m | svi-shot               |
+| film | pixels   | 5              | zeros          | stream, `prompts[(k//r) % L]` | tail, m | svi-film-opt-10212025  |
+| tom  | pixels   | 1              | zeros          | stream                        | tail, m | svi-tom                |
+| svi2 | pixels   | 1              | reference      | stream                        | head, 1 | SVI 2.0 high + low     |
+| pro  | latents  | 1 latent frame | anchor + zeros | stream                        | head, 4 | SVI 2.0 Pro high + low |
 
-Stitching. Pixel chaining (1.x): clip k+1 regenerates the m frames it is conditioned on, so every clip but the
-last drops its last m frames: `N·(F−m) + m` frames in all. Latent chaining (Pro): clip k+1 starts with the anchor
-(1 frame) and the previous clip's last latent frame (4 frames), so every clip but the first drops its first
-`1 + 4` frames: `F + (N−1)·(F−5)` frames, the same total as Film's rule with m=5.
+m: motion frames, the frames of the previous clip that condition the next.
+
+Stitching: the frames two consecutive clips share are kept once.
+- tail (SVI 1.x, the authors' `test_svi.py`): clip k+1 regenerates the m frames it is conditioned on, so every clip
+  but the last drops its last m frames: `N·(F−m) + m` frames in all.
+- head (SVI 2.0, `inference.py`: `video_frames[1:]`; 2.0 Pro, `inference_svi_2.0_pro.py`:
+  `video_frames[num_overlap_frame:]`): every clip but the first drops its first `overlap_frames` decoded frames:
+  `F + (N−1)·(F−o)`. SVI 2.0 starts each clip from the previous one's last frame (o = 1: 81 + 80·(N−1)). Pro's
+  clip starts with the anchor latent (1 decoded frame) and the previous clip's last latent (4 frames); the
+  released script's default drops 4 (81 + 77·(N−1)), which keeps the last of the previous latent's frames twice;
+  the authors' README runs it with `--num_overlap_frame 5` (81 + 76·(N−1)): set `overlap_frames=5` for that.
+Stitching only picks frames: it is not part of what a clip is (`clip_fields`), so it never re-renders a clip.
 """
 
 from typing import Literal
@@ -22,6 +31,9 @@ from .seeds import derived_seed
 
 Chaining = Literal["pixels", "latents"]
 PromptMode = Literal["first", "stream"]
+Stitch = Literal["tail", "head"]
+# Fields that say which frames of the clips the film keeps, not what a clip is.
+STITCHING_FIELDS = frozenset({"stitch", "overlap_frames"})
 
 
 class FilmSettings(BaseModel):
@@ -37,6 +49,8 @@ class FilmSettings(BaseModel):
     steps: int = Field(50, ge=1)
     guidance_scale: float = Field(5.0, ge=1.0)
     seed: int = Field(42, ge=0, description="clip k uses seed·k (a retake of it another seed: `seed_for`)")
+    stitch: Stitch = Field("tail", description="which clip drops the frames two clips share: the earlier, the later")
+    overlap_frames: int | None = Field(None, ge=1, description="frames each continuation shares (default: m)")
 
     @model_validator(mode="after")
     def _frames_fit(self) -> "FilmSettings":
@@ -48,18 +62,24 @@ class FilmSettings(BaseModel):
             )
         if self.chaining == "latents" and self.num_frames < 9:
             raise ValueError("latent chaining needs at least 9 frames per clip (anchor + previous latent + new)")
+        if self.overlap >= self.num_frames:
+            raise ValueError(f"overlap frames ({self.overlap}) must be fewer than frames per clip ({self.num_frames})")
         return self
 
     @property
     def overlap(self) -> int:
-        """Frames each continuation repeats: m for pixel chaining, anchor + one latent frame for latents."""
-        return 1 + TEMPORAL_COMPRESSION if self.chaining == "latents" else self.motion_frames
+        """Frames each continuation shares with the clip before: `overlap_frames`, else m."""
+        return self.motion_frames if self.overlap_frames is None else self.overlap_frames
 
     def kept_frames(self, clip: int, num_clips: int) -> slice:
         """The frames of clip `clip` that go into the film (see the module docstring for the rule)."""
-        if self.chaining == "latents":
+        if self.stitch == "head":
             return slice(0 if clip == 0 else self.overlap, self.num_frames)
         return slice(0, self.num_frames if clip == num_clips - 1 else self.num_frames - self.overlap)
+
+    def clip_fields(self) -> dict:
+        """The settings that decide a clip's pixels (JSON-ready): all but the stitching, which only picks frames."""
+        return self.model_dump(mode="json", exclude=STITCHING_FIELDS)
 
     def film_length(self, num_clips: int) -> int:
         """Frames in a film of `num_clips` clips."""
@@ -90,7 +110,10 @@ MODES: dict[str, dict] = {
     "shot": dict(chaining="pixels", motion_frames=1, padding="reference", prompt_mode="first"),
     "film": dict(chaining="pixels", motion_frames=5, padding="zeros", prompt_mode="stream"),
     "tom": dict(chaining="pixels", motion_frames=1, padding="zeros", prompt_mode="stream"),
-    "pro": dict(chaining="latents", motion_frames=1, padding="zeros", prompt_mode="stream"),
+    "svi2": dict(chaining="pixels", motion_frames=1, padding="reference", prompt_mode="stream", stitch="head"),
+    "pro": dict(
+        chaining="latents", motion_frames=1, padding="zeros", prompt_mode="stream", stitch="head", overlap_frames=4
+    ),
 }
 MODE_NAMES = tuple(MODES)
 

@@ -68,7 +68,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("mode, length", [("film", 3 * (9 - 5) + 5), ("tom", 3 * (9 - 1) + 1), ("pro", 9 + 2 * 4)])
+@pytest.mark.parametrize(
+    "mode, length", [("film", 3 * (9 - 5) + 5), ("tom", 3 * (9 - 1) + 1), ("svi2", 9 + 2 * 8), ("pro", 9 + 2 * 5)]
+)
 def test_film_is_the_stitched_clips_frame_for_frame(tmp_path, mode, length):
     request = make_run(tmp_path / "run", mode)
     film = assemble_run(tmp_path / "run")

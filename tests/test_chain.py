@@ -29,7 +29,8 @@ def settings_for(mode: str) -> FilmSettings:
 
 
 @pytest.mark.parametrize(
-    "mode, expected", [("shot", 3 * 12 + 1), ("tom", 3 * 12 + 1), ("film", 3 * 8 + 5), ("pro", 13 + 2 * 8)]
+    "mode, expected",
+    [("shot", 3 * 12 + 1), ("tom", 3 * 12 + 1), ("film", 3 * 8 + 5), ("svi2", 13 + 2 * 12), ("pro", 13 + 2 * 9)],
 )
 def test_film_length_follows_the_stitching_rule(sampler, reference, mode, expected):
     settings = settings_for(mode)
@@ -45,14 +46,30 @@ def test_stitch_keeps_all_but_the_overlap_of_every_clip_but_the_last():
     assert film == [0] * 8 + [1] * 8 + [2] * 13
 
 
-def test_pro_stitch_drops_the_anchor_and_previous_latent_frames_of_continuations():
+def test_pro_stitch_drops_the_first_4_decoded_frames_of_continuations_as_the_released_script():
     settings = mode_settings("pro", num_frames=13)
     clips = [torch.full((13, 1, 1, 3), k, dtype=torch.uint8) for k in range(3)]
     film = stitch(settings, clips)[:, 0, 0, 0].tolist()
-    assert film == [0] * 13 + [1] * 8 + [2] * 8
+    assert film == [0] * 13 + [1] * 9 + [2] * 9
+    assert mode_settings("pro").film_length(3) == 81 + 77 * 2  # inference_svi_2.0_pro.py, num_overlap_frame=4
+    assert mode_settings("pro", overlap_frames=5).film_length(3) == 81 + 76 * 2  # the authors' README command
 
 
-@pytest.mark.parametrize("mode", ["film", "shot", "tom"])
+def test_svi2_stitch_drops_the_first_frame_of_continuations():
+    settings = mode_settings("svi2", num_frames=13)
+    clips = [torch.arange(13, dtype=torch.uint8).view(13, 1, 1, 1).expand(13, 1, 1, 3) + 20 * k for k in range(3)]
+    film = stitch(settings, clips)[:, 0, 0, 0].tolist()
+    assert film == list(range(13)) + list(range(21, 33)) + list(range(41, 53))
+    assert mode_settings("svi2").film_length(10) == 81 + 80 * 9  # inference.py: video_frames[1:]
+
+
+def test_stitching_is_not_part_of_what_a_clip_is():
+    pro = mode_settings("pro")
+    assert pro.clip_fields() == mode_settings("pro", overlap_frames=5, stitch="tail").clip_fields()
+    assert "stitch" not in pro.clip_fields() and "overlap_frames" not in pro.clip_fields()
+
+
+@pytest.mark.parametrize("mode", ["film", "shot", "tom", "svi2"])
 def test_next_clip_is_conditioned_on_the_last_m_decoded_frames(sampler, reference, mode):
     counting = CountingSampler(sampler)
     settings = settings_for(mode)
@@ -63,7 +80,7 @@ def test_next_clip_is_conditioned_on_the_last_m_decoded_frames(sampler, referenc
         assert torch.equal(condition.image_encoder_frame, outputs[k - 1].frames[-m])
         tail = outputs[k - 1].frames[-m:]
         video = torch.cat([tail.permute(3, 0, 1, 2).float() / 127.5 - 1, torch.zeros(3, 13 - m, 32, 48)], dim=1)
-        if mode == "shot":
+        if settings.padding == "reference":
             video[:, m:] = reference.permute(2, 0, 1).float()[:, None] / 127.5 - 1
         torch.testing.assert_close(condition.latents, sampler.encode(video))
 
@@ -172,3 +189,24 @@ def test_text_embeddings_are_cached_for_the_most_recent_prompts_only(sampler, mo
     assert sampler.text_embeddings("a red ball") is first  # used again: now the most recent
     sampler.text_embeddings("a green ball")
     assert list(sampler._text_cache) == ["a red ball", "a green ball"]
+
+
+class VideoAsLatents:
+    """A stand-in sampler whose `encode` hands the condition video back, so the test sees what would be encoded."""
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return video
+
+
+def test_svi2_conditions_on_the_last_frame_then_the_anchor_everywhere(reference):
+    """inference.py (SVI 2.0): vae_input = [input_image, anchor × (F−1)]; clip 0's input image is the anchor."""
+    settings = mode_settings("svi2", num_frames=13)
+    renderer = FilmRenderer(VideoAsLatents(), settings, reference, PROMPTS)
+    anchor = reference.permute(2, 0, 1).float() / 127.5 - 1
+    first = renderer.condition(0, None).latents
+    assert torch.equal(first, anchor[:, None].expand(3, 13, *anchor.shape[1:]))
+    tail = torch.randint(0, 256, (1, 32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    later = renderer.condition(1, ChainState(tail_frames=tail))
+    assert torch.equal(later.latents[:, 0], tail[0].permute(2, 0, 1).float() / 127.5 - 1)
+    assert torch.equal(later.latents[:, 1:], anchor[:, None].expand(3, 12, *anchor.shape[1:]))
+    assert torch.equal(later.image_encoder_frame, tail[0])

@@ -62,7 +62,7 @@ def clip_key(k: int, job: ClipJob, reference: torch.Tensor, previous: ChainState
     fields = {
         "stage": STAGE_VERSION,
         "engine": job.engine.identity(),
-        "settings": settings.model_dump(mode="json"),
+        "settings": settings.clip_fields(),
         "prompt": settings.prompt_for(k, job.prompts),
         "seed": settings.seed_for(k),
         "fps": float(job.fps),  # 16 and 16.0 are the same film
