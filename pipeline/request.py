@@ -115,8 +115,10 @@ class RenderOptions(BaseModel):
 
     mode: Mode = Field("film", description="SVI mode")
     model: Path | None = Field(None, description="local Wan2.1-I2V-14B-480P folder (demo: the tiny model)")
-    lora: Path | None = Field(None, description="SVI LoRA .safetensors for the mode")
+    lora: Path | None = Field(None, description="SVI LoRA .safetensors for the mode (two experts: the high-noise one)")
     lora_scale: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength alpha")
+    lora_2: Path | None = Field(None, description="two experts (Wan2.2): the low-noise expert's SVI LoRA")
+    lora_scale_2: float = Field(1.0, ge=0.0, le=2.0, description="the low-noise LoRA's strength")
     fuse_lora: bool = Field(True, description="merge the LoRA into the weights (false: keep it as an adapter)")
     device: str | None = Field(None, description="cuda, cuda:1 or cpu (default: the profile's, else cuda if any)")
     dtype: Dtype = Field("auto", description="DiT and T5 dtype")
@@ -264,9 +266,9 @@ class FilmRequest(BaseModel):
         """The model and how it is placed: the demo renders the tiny model unless given one."""
         render = self.render
         model = render.model or (tiny_model_folder() if self.profile == "demo" else None)
-        fields = render.model_dump(
-            include={"lora", "lora_scale", "fuse_lora", "dtype", "offload", "vae_tiling", "boundary"}
-        )
+        # The engine's settings are the render fields of the same name (model and device are resolved here).
+        shared = set(EngineSpec.model_fields) & set(RenderOptions.model_fields) - {"model", "device"}
+        fields = render.model_dump(include=shared)
         return EngineSpec(model=model, **fields, **({"device": render.device} if render.device else {}))
 
     def clip_job(self, prompts: list[str]) -> ClipJob:

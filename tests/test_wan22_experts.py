@@ -124,3 +124,49 @@ def test_a_film_renders_on_the_two_experts(mode, tmp_path):
     clips = list(renderer.clips(2))
     assert [k for k, _, _ in clips] == [0, 1]
     assert all(output.frames.shape == (9, 32, 48, 3) for _, output, _ in clips)
+
+
+# ---------------------------------------------------------------- one SVI LoRA per expert
+
+
+def expert_with_lora(folder, name: str, lora_file, scale: float) -> dict[str, torch.Tensor]:
+    """The expert `name` of the folder as loaded, with `lora_file` fused at `scale` by hand (the expectation)."""
+    from diffusers import WanTransformer3DModel
+
+    from svi_model.lora_files import apply_lora, read_lora_file
+
+    expert = WanTransformer3DModel.from_pretrained(folder, subfolder=name)
+    apply_lora(expert, read_lora_file(lora_file), scale=scale)
+    return expert.state_dict()
+
+
+def test_each_expert_gets_its_own_lora_at_its_own_strength(tmp_path):
+    from test_lora_files import random_lora, write_lora
+
+    folder = save_tiny_model(tmp_path / "wan22", wan22=True)
+    components = tiny_components(wan22=True)
+    high = write_lora(tmp_path / "high.safetensors", random_lora(components["transformer"], seed=1), "no_default")
+    low = write_lora(tmp_path / "low.safetensors", random_lora(components["transformer_2"], seed=2), "down_up_alpha")
+    spec = EngineSpec(model=folder, device="cpu", lora=high, lora_scale=0.5, lora_2=low, lora_scale_2=1.0)
+    pipe = loaded_sampler(spec).pipe
+    for name, module, lora, scale in (
+        ("transformer", pipe.transformer, high, 0.5),
+        ("transformer_2", pipe.transformer_2, low, 1.0),
+    ):
+        expected = expert_with_lora(folder, name, lora, scale)
+        assert all(torch.equal(value, expected[key]) for key, value in module.state_dict().items()), name
+    assert spec.identity()["lora_scale_2"] == 1.0 and "lora_2" in spec.identity()
+
+
+def test_a_two_expert_model_needs_a_lora_for_each_expert(tmp_path):
+    from test_lora_files import random_lora, write_lora
+
+    folder = save_tiny_model(tmp_path / "wan22", wan22=True)
+    high = write_lora(
+        tmp_path / "high.safetensors", random_lora(tiny_components(wan22=True)["transformer"]), "no_default"
+    )
+    with pytest.raises(ValueError, match="two experts, each with its own SVI LoRA: give both lora .* and lora_2"):
+        loaded_sampler(EngineSpec(model=folder, device="cpu", lora=high))
+    one_expert = save_tiny_model(tmp_path / "wan21")
+    with pytest.raises(ValueError, match="lora_2 .* is for a model with two experts"):
+        loaded_sampler(EngineSpec(model=one_expert, device="cpu", lora_2=high))

@@ -32,8 +32,10 @@ class EngineSpec(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), frozen=True)
 
     model: Path
-    lora: Path | None = None
+    lora: Path | None = Field(None, description="the SVI LoRA; with two experts, the high-noise expert's")
     lora_scale: float = 1.0
+    lora_2: Path | None = Field(None, description="two experts: the low-noise expert's SVI LoRA")
+    lora_scale_2: float = 1.0
     fuse_lora: bool = True
     device: str = _default_device()
     dtype: Dtype = "auto"
@@ -61,7 +63,23 @@ class EngineSpec(BaseModel):
             "vae_tiling": self.vae_tiling,
             # Only when set: a one-expert model's identity (and every clip key made before) stays as it was.
             **({"boundary": self.boundary} if self.boundary is not None else {}),
+            **({"lora_2": file_sha256(self.lora_2), "lora_scale_2": self.lora_scale_2} if self.lora_2 else {}),
         }
+
+
+def _loras_per_expert(spec: EngineSpec, pipe) -> list[tuple[torch.nn.Module, Path, float]]:
+    """(expert, LoRA file, strength) for each LoRA the spec names. SVI 2.0 trains one LoRA per expert, so a
+    two-expert model with an SVI LoRA on only one of them would render a film neither LoRA was made for."""
+    low_noise = getattr(pipe, "transformer_2", None)
+    if low_noise is None and spec.lora_2 is not None:
+        raise ValueError(f"lora_2 {spec.lora_2} is for a model with two experts; {spec.model} has one: drop lora_2")
+    if low_noise is not None and (spec.lora is None) != (spec.lora_2 is None):
+        raise ValueError(
+            f"{spec.model} has two experts, each with its own SVI LoRA: give both lora (high noise, e.g. "
+            "SVI_Wan2.2-I2V-A14B_high_noise_lora_v2.0_pro.safetensors) and lora_2 (low noise, the _low_noise_ file)"
+        )
+    loras = [(pipe.transformer, spec.lora, spec.lora_scale), (low_noise, spec.lora_2, spec.lora_scale_2)]
+    return [(expert, lora, scale) for expert, lora, scale in loras if lora is not None]
 
 
 _samplers: dict[EngineSpec, ClipSampler] = {}
@@ -83,8 +101,8 @@ def loaded_sampler(spec: EngineSpec) -> ClipSampler:
                 offload=spec.offload,
                 vae_tiling=spec.vae_tiling,
             )
-            if spec.lora is not None:
-                apply_lora(pipe.transformer, read_lora_file(spec.lora), scale=spec.lora_scale, fuse=spec.fuse_lora)
+            for transformer, lora, scale in _loras_per_expert(spec, pipe):
+                apply_lora(transformer, read_lora_file(lora), scale=scale, fuse=spec.fuse_lora)
             # Only one model of this size fits: a different spec replaces the loaded one.
             _samplers.clear()
             _samplers[spec] = ClipSampler(pipe, boundary=spec.boundary)
