@@ -22,13 +22,19 @@ from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
 
 from .model_files import NOTHING_DOWNLOADED, ModelFolderError, indexed_shards, read_json, reading
-from .original_checkpoints import ORIGINAL_DIT_INDEX, ORIGINAL_VAE, original_transformer, original_vae
+from .original_checkpoints import (
+    ORIGINAL_DIT_INDEX,
+    ORIGINAL_EXPERTS,
+    ORIGINAL_VAE,
+    original_transformer,
+    original_vae,
+)
 from .schedule import SVIFlowMatchScheduler
 
 OFFLOAD_MODES = ("none", "model", "group")
 LAYOUT_NAMES = {
-    "diffusers": "diffusers layout (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers)",
-    "original": "original Wan2.1 release layout (Wan-AI/Wan2.1-I2V-14B-480P)",
+    "diffusers": "diffusers layout (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers, Wan-AI/Wan2.2-I2V-A14B-Diffusers)",
+    "original": "original Wan release layout (Wan-AI/Wan2.1-I2V-14B-480P, Wan-AI/Wan2.2-I2V-A14B)",
 }
 
 # Component subfolders both layouts may hold, with what each one is (for error messages).
@@ -56,6 +62,12 @@ ENCODERS_EXPLAINED = (
     f"The original release's {ORIGINAL_T5} and {ORIGINAL_CLIP} cannot be loaded by diffusers (it has no converter "
     "for them): put the diffusers-layout text_encoder/, tokenizer/ and image_encoder/ folders of "
     "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers into the model folder, or pass components_folder= a folder holding them."
+)
+# Wan2.2-A14B has no image encoder (and no CLIP file): only the text encoder needs the diffusers release.
+WAN22_ENCODERS_EXPLAINED = (
+    f"The original release's {ORIGINAL_T5} cannot be loaded by diffusers (it has no converter for it): put the "
+    "diffusers-layout text_encoder/ and tokenizer/ folders of Wan-AI/Wan2.2-I2V-A14B-Diffusers into the model "
+    "folder, or pass components_folder= a folder holding them."
 )
 
 
@@ -101,16 +113,36 @@ def _missing_parts(parts: dict[str, str], folder: Path, components_folder: Path 
     return missing
 
 
+def _original_dit_folders(folder: Path) -> dict[str, Path]:
+    """Where an original-layout folder keeps each DiT: Wan2.2-A14B's experts in `high_noise_model/` and
+    `low_noise_model/` (as `transformer` and `transformer_2`), Wan2.1's one DiT in the folder itself."""
+    experts = dict(zip(("transformer", "transformer_2"), (folder / name for name in ORIGINAL_EXPERTS), strict=True))
+    return experts if any(path.is_dir() for path in experts.values()) else {"transformer": folder}
+
+
+def _original_parts(folder: Path) -> dict[str, str]:
+    """The components an original-layout folder gives: its DiT(s) and VAE, and the encoders it needs beside them
+    (Wan2.2-A14B has no image encoder)."""
+    if "transformer_2" in _original_dit_folders(folder):
+        return {name: what for name, what in DIFFUSERS_PARTS.items() if name != "image_encoder"} | LOW_NOISE_EXPERT
+    return DIFFUSERS_PARTS
+
+
 def _missing_original_files(folder: Path) -> list[str]:
-    missing = [f"{folder / name} ({what})" for name, what in ORIGINAL_FILES.items() if not (folder / name).is_file()]
-    if (folder / ORIGINAL_DIT_INDEX).is_file():
-        missing += _missing_shards(folder / ORIGINAL_DIT_INDEX)
+    missing = [] if (folder / ORIGINAL_VAE).is_file() else [f"{folder / ORIGINAL_VAE} ({ORIGINAL_FILES[ORIGINAL_VAE]})"]
+    for dit in _original_dit_folders(folder).values():
+        index = dit / ORIGINAL_DIT_INDEX
+        missing += _missing_shards(index) if index.is_file() else [f"{index} ({ORIGINAL_FILES[ORIGINAL_DIT_INDEX]})"]
     return missing
 
 
 def _is_original_layout(folder: Path) -> bool:
     markers = (ORIGINAL_DIT_INDEX, ORIGINAL_VAE, ORIGINAL_T5, ORIGINAL_CLIP)
-    return any((folder / m).is_file() for m in markers) or any(folder.glob("diffusion_pytorch_model-*-of-*"))
+    return (
+        any((folder / m).is_file() for m in markers)
+        or any(folder.glob("diffusion_pytorch_model-*-of-*"))
+        or any((folder / name).is_dir() for name in ORIGINAL_EXPERTS)
+    )
 
 
 def _listed(items: list[str]) -> str:
@@ -153,9 +185,11 @@ def _checked_layout(folder: Path, components_folder: Path | None) -> str:
         raise ModelFolderError(f"components folder {components_folder} does not exist. {NOTHING_DOWNLOADED}")
     if _is_original_layout(folder):
         layout = "original"
-        encoder_gaps = _missing_parts(ENCODER_PARTS, folder, components_folder)
+        encoders = {name: what for name, what in ENCODER_PARTS.items() if name in _original_parts(folder)}
+        encoder_gaps = _missing_parts(encoders, folder, components_folder)
         missing = _missing_original_files(folder) + encoder_gaps
-        advice = f"{ENCODERS_EXPLAINED} " if encoder_gaps else ""
+        explained = ENCODERS_EXPLAINED if "image_encoder" in encoders else WAN22_ENCODERS_EXPLAINED
+        advice = f"{explained} " if encoder_gaps else ""
     elif (folder / "model_index.json").is_file() or (folder / "transformer").is_dir():
         layout = "diffusers"
         missing = _missing_parts(_diffusers_parts(folder), folder, components_folder)
@@ -175,11 +209,12 @@ def _pretrained(loader, root: Path, name: str, **kwargs):
         return loader.from_pretrained(root, subfolder=name, local_files_only=True, **kwargs)
 
 
-def _transformer(folder: Path, layout: str, dtype: torch.dtype) -> WanTransformer3DModel:
-    """The DiT of a checked folder of `layout` ("diffusers" or "original"), in `dtype`."""
+def _transformer(folder: Path, layout: str, dtype: torch.dtype, name: str = "transformer") -> WanTransformer3DModel:
+    """The DiT `name` ("transformer", or Wan2.2's low-noise "transformer_2") of a checked folder of `layout`
+    ("diffusers" or "original"), in `dtype`."""
     if layout == "original":
-        return original_transformer(folder, dtype)
-    return _pretrained(WanTransformer3DModel, folder, "transformer", torch_dtype=dtype)
+        return original_transformer(_original_dit_folders(folder)[name], dtype)
+    return _pretrained(WanTransformer3DModel, folder, name, torch_dtype=dtype)
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------------------------
@@ -220,8 +255,8 @@ def load_wan_pipeline(
     components_folder: str | os.PathLike | None = None,
 ) -> WanImageToVideoPipeline:
     """A `WanImageToVideoPipeline` of the Wan I2V model in `folder` (either layout), modules in eval mode: Wan2.1's
-    one DiT with its CLIP image encoder, or (diffusers layout) Wan2.2-A14B's two experts (`transformer` high noise,
-    `transformer_2` low noise, the folder's `boundary_ratio`) without one.
+    one DiT with its CLIP image encoder, or Wan2.2-A14B's two experts (`transformer` high noise, `transformer_2` low
+    noise; the original layout's `high_noise_model/` and `low_noise_model/`) without one.
 
     `offload`: "none" puts every module on `device`; "model" moves whole modules to `device` while they run;
     "group" streams the transformer blocks (and the encoders' layers) one at a time. Both offloads need a GPU.
@@ -247,7 +282,7 @@ def load_wan_pipeline(
     def root(name: str) -> Path:
         return _part_root(name, folder, components)
 
-    parts = _diffusers_parts(folder) if layout == "diffusers" else DIFFUSERS_PARTS
+    parts = _diffusers_parts(folder) if layout == "diffusers" else _original_parts(folder)
     image = {}
     if "image_encoder" in parts:
         processor_root = root("image_processor")
@@ -259,7 +294,7 @@ def load_wan_pipeline(
         image = dict(image_encoder=encoder.eval(), image_processor=image_processor)
     experts = {}
     if "transformer_2" in parts:
-        low_noise = _pretrained(WanTransformer3DModel, folder, "transformer_2", torch_dtype=transformer_dtype)
+        low_noise = _transformer(folder, layout, transformer_dtype, "transformer_2")
         experts = dict(transformer_2=low_noise.eval(), boundary_ratio=_model_index(folder).get("boundary_ratio"))
     pipe = WanImageToVideoPipeline(
         tokenizer=_pretrained(AutoTokenizer, root("tokenizer"), "tokenizer"),

@@ -13,6 +13,8 @@ from .model_files import ModelFolderError, indexed_shards, read_json, reading
 
 ORIGINAL_DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 ORIGINAL_VAE = "Wan2.1_VAE.pth"
+# Wan2.2-I2V-A14B's original release keeps each expert's shards, index and config.json in its own folder.
+ORIGINAL_EXPERTS = ("high_noise_model", "low_noise_model")
 # Wan2.1-I2V-14B's original config.json, for folders that lack one; text_dim is a WanModel default it omits.
 WAN21_I2V_14B_CONFIG = {
     "model_type": "i2v",
@@ -83,11 +85,13 @@ def original_transformer(folder: Path, dtype: torch.dtype) -> WanTransformer3DMo
         # Cast shard by shard, so a float32 release never sits in memory whole next to its bfloat16 copy.
         converted = convert_wan_transformer_to_diffusers(tensors)
         state |= _cast(converted, dtype, WanTransformer3DModel._keep_in_fp32_modules)
-    # Wan hard-codes CLIP's width (1280) instead of configuring it; the checkpoint says what it really is.
+    # Wan hard-codes CLIP's width (1280) instead of configuring it; the checkpoint says what it really is. Wan2.2-A14B's
+    # experts have no image embedding at all (no img_emb, k_img, v_img): they take no image tokens.
     image_norm = state.get("condition_embedder.image_embedder.norm1.weight")
     if image_norm is None:
-        raise ModelFolderError(f"the DiT of {index} has no image embedding (img_emb.*): it is not an I2V model")
-    config["image_dim"] = image_norm.shape[0]
+        config["added_kv_proj_dim"] = None
+    else:
+        config["image_dim"] = image_norm.shape[0]
     return _model_from_state(WanTransformer3DModel, config, state, index)
 
 

@@ -127,6 +127,45 @@ def original_transformer_config(transformer: WanTransformer3DModel) -> dict:
     }
 
 
+def write_original_dit(folder: Path, transformer: WanTransformer3DModel, shards: int = 3) -> None:
+    """One DiT as the release writes it: safetensors shards under Wan's names, their index, and config.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {original_transformer_name(k): v.contiguous() for k, v in transformer.state_dict().items()}
+    names = list(state)
+    weight_map = {}
+    for index in range(shards):
+        shard = f"diffusion_pytorch_model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        part = names[index::shards]
+        save_file({name: state[name] for name in part}, str(folder / shard))
+        weight_map |= dict.fromkeys(part, shard)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index_file = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
+    (folder / "config.json").write_text(json.dumps(original_transformer_config(transformer), indent=2))
+
+
+def write_original_vae(folder: Path, vae: AutoencoderKLWan) -> None:
+    """`Wan2.1_VAE.pth` under Wan's names, and the diffusers `vae/config.json` (a tiny VAE is not the default)."""
+    torch.save({original_vae_name(k): v for k, v in vae.state_dict().items()}, folder / "Wan2.1_VAE.pth")
+    vae.save_config(folder / "vae")
+
+
+def write_original_wan22_layout(
+    folder: Path, high: WanTransformer3DModel, low: WanTransformer3DModel, vae, encoders_from: Path | None = None
+) -> Path:
+    """Write `folder` like the Wan2.2-I2V-A14B release: `high_noise_model/` and `low_noise_model/` (each a sharded DiT
+    with its index and config.json), `Wan2.1_VAE.pth`, the T5 `.pth` (an empty placeholder), and no CLIP file.
+    With `encoders_from` its `text_encoder/` and `tokenizer/` are copied in."""
+    write_original_dit(folder / "high_noise_model", high)
+    write_original_dit(folder / "low_noise_model", low)
+    write_original_vae(folder, vae)
+    (folder / "models_t5_umt5-xxl-enc-bf16.pth").touch()
+    if encoders_from is not None:
+        for name in ("text_encoder", "tokenizer"):
+            shutil.copytree(encoders_from / name, folder / name)
+    return folder
+
+
 def write_original_layout(
     folder: Path,
     transformer: WanTransformer3DModel,
@@ -141,20 +180,8 @@ def write_original_layout(
     diffusers-layout folder) its `text_encoder/`, `tokenizer/`, `image_encoder/`, `image_processor/` are copied in.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    state = {original_transformer_name(k): v.contiguous() for k, v in transformer.state_dict().items()}
-    names = list(state)
-    weight_map = {}
-    for index in range(shards):
-        shard = f"diffusion_pytorch_model-{index + 1:05d}-of-{shards:05d}.safetensors"
-        part = names[index::shards]
-        save_file({name: state[name] for name in part}, str(folder / shard))
-        weight_map |= dict.fromkeys(part, shard)
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index_file = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
-    (folder / "config.json").write_text(json.dumps(original_transformer_config(transformer), indent=2))
-    torch.save({original_vae_name(k): v for k, v in vae.state_dict().items()}, folder / "Wan2.1_VAE.pth")
-    vae.save_config(folder / "vae")
+    write_original_dit(folder, transformer, shards)
+    write_original_vae(folder, vae)
     for placeholder in ("models_t5_umt5-xxl-enc-bf16.pth", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"):
         (folder / placeholder).touch()
     if encoders_from is not None:

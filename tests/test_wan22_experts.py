@@ -170,3 +170,50 @@ def test_a_two_expert_model_needs_a_lora_for_each_expert(tmp_path):
     one_expert = save_tiny_model(tmp_path / "wan21")
     with pytest.raises(ValueError, match="lora_2 .* is for a model with two experts"):
         loaded_sampler(EngineSpec(model=one_expert, device="cpu", lora_2=high))
+
+
+# ---------------------------------------------------------------- the original Wan2.2 release layout
+
+
+@pytest.fixture
+def original_wan22(tmp_path):
+    """A tiny Wan2.2-I2V-A14B in the release's own layout, with the diffusers encoders copied in."""
+    from original_layout import tiny_wan21_vae, write_original_wan22_layout
+
+    components = tiny_components(wan22=True)
+    encoders = save_tiny_model(tmp_path / "encoders", wan22=True)
+    folder = write_original_wan22_layout(
+        tmp_path / "Wan2.2-I2V-A14B",
+        components["transformer"],
+        components["transformer_2"],
+        tiny_wan21_vae(),
+        encoders_from=tmp_path / "encoders",
+    )
+    assert encoders
+    return folder, components
+
+
+def test_the_original_wan22_layout_loads_both_experts_exactly(original_wan22):
+    folder, components = original_wan22
+    assert sorted(p.name for p in (folder / "low_noise_model").glob("*.safetensors"))[0].endswith(
+        "-of-00003.safetensors"
+    )
+    pipe = load_wan_pipeline(folder, transformer_dtype=torch.float32, text_encoder_dtype=torch.float32)
+    assert pipe.image_encoder is None and pipe.transformer.config.image_dim is None
+    for name in ("transformer", "transformer_2"):
+        expected = components[name].state_dict()
+        loaded = getattr(pipe, name).state_dict()
+        assert loaded.keys() == expected.keys(), name
+        assert all(torch.equal(value, expected[key]) for key, value in loaded.items()), name
+
+
+def test_the_original_wan22_layout_names_what_it_lacks(original_wan22):
+    folder, _ = original_wan22
+    next((folder / "low_noise_model").glob("diffusion_pytorch_model-00002-*.safetensors")).unlink()
+    shutil.rmtree(folder / "text_encoder")
+    with pytest.raises(ModelFolderError) as caught:
+        load_wan_pipeline(folder)
+    message = str(caught.value)
+    assert "original Wan release layout" in message
+    assert "low_noise_model/diffusion_pytorch_model-00002-of-00003.safetensors (weights shard" in message
+    assert f"{folder / 'text_encoder'}/" in message and "image_encoder" not in message
