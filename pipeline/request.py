@@ -130,6 +130,9 @@ class RenderOptions(BaseModel):
     num_frames: int | None = Field(None, description="frames per clip, 4k+1")
     steps: int | None = Field(None, ge=1, description="sampling steps")
     guidance_scale: float | None = Field(None, ge=1.0, description="classifier-free guidance (CFG)")
+    guidance_scale_2: float | None = Field(
+        None, ge=1.0, description="two experts (Wan2.2): the low-noise expert's guidance (default: guidance_scale)"
+    )
     seed: int = Field(42, ge=0, description="clip k uses seed·k")
     motion_frames: int | None = Field(None, ge=1, description="m: frames of the previous clip that condition the next")
     padding: Padding | None = Field(None, description="what fills the condition after them")

@@ -117,6 +117,7 @@ class FilmRenderer:
             steps=s.steps,
             guidance_scale=s.guidance_scale,
             on_step=on_step,
+            guidance_scale_2=s.guidance_scale_2,
         )
         return output, self.state_after(output)
 

@@ -34,6 +34,8 @@ PromptMode = Literal["first", "stream"]
 Stitch = Literal["tail", "head"]
 # Fields that say which frames of the clips the film keeps, not what a clip is.
 STITCHING_FIELDS = frozenset({"stitch", "overlap_frames"})
+# Fields added after clips were first keyed: left out of a clip's identity while unset, so those clips still match.
+ABSENT_WHILE_UNSET = frozenset({"guidance_scale_2"})
 
 
 class FilmSettings(BaseModel):
@@ -48,6 +50,7 @@ class FilmSettings(BaseModel):
     num_frames: int = Field(81, description="frames per clip, 4k+1")
     steps: int = Field(50, ge=1)
     guidance_scale: float = Field(5.0, ge=1.0)
+    guidance_scale_2: float | None = Field(None, ge=1.0, description="two experts: the low-noise one's guidance")
     seed: int = Field(42, ge=0, description="clip k uses seed·k (a retake of it another seed: `seed_for`)")
     stitch: Stitch = Field("tail", description="which clip drops the frames two clips share: the earlier, the later")
     overlap_frames: int | None = Field(None, ge=1, description="frames each continuation shares (default: m)")
@@ -79,7 +82,8 @@ class FilmSettings(BaseModel):
 
     def clip_fields(self) -> dict:
         """The settings that decide a clip's pixels (JSON-ready): all but the stitching, which only picks frames."""
-        return self.model_dump(mode="json", exclude=STITCHING_FIELDS)
+        unset = {name for name in ABSENT_WHILE_UNSET if getattr(self, name) is None}
+        return self.model_dump(mode="json", exclude=STITCHING_FIELDS | unset)
 
     def film_length(self, num_clips: int) -> int:
         """Frames in a film of `num_clips` clips."""

@@ -217,3 +217,17 @@ def test_the_original_wan22_layout_names_what_it_lacks(original_wan22):
     assert "original Wan release layout" in message
     assert "low_noise_model/diffusion_pytorch_model-00002-of-00003.safetensors (weights shard" in message
     assert f"{folder / 'text_encoder'}/" in message and "image_encoder" not in message
+
+
+def test_the_low_noise_guidance_reaches_the_sampler_and_keys_only_when_set():
+    pipe = wan22_pipe()
+    sampler = ClipSampler(pipe)
+    seen = []
+    real = sampler.render
+    sampler.render = lambda *a, **k: seen.append(k["guidance_scale_2"]) or real(*a, **k)
+    reference = torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    settings = mode_settings("pro", num_frames=9, steps=2, guidance_scale_2=1.5)
+    FilmRenderer(sampler, settings, reference, ["a red ball"]).render_clip(0, None)
+    assert seen == [1.5]
+    assert "guidance_scale_2" not in mode_settings("pro").clip_fields()
+    assert settings.clip_fields()["guidance_scale_2"] == 1.5
