@@ -20,14 +20,18 @@ from svi_model.atomic_files import place_file
 
 
 def generate_request(fields: dict[str, Any], out: Path) -> FilmRequest:
-    """The film request of `svi generate`: profile `wan` unless given, one picture, the user's prompts, and the run
-    folder `OUT.clips/` unless given."""
+    """The film request of `svi generate`: profile `wan` unless given, one picture, the user's prompts (one clip each
+    unless `clips` is given), and the run folder `OUT.clips/` unless given."""
     request = FilmRequest(**{"profile": "wan", "run_dir": out.with_suffix(".clips"), **fields})
     if len(request.retrieve.images) != 1:
         raise ValueError("svi generate renders from one picture: give --images FILE (svi film takes several)")
     if not request.own_prompts():
         raise ValueError("svi generate needs your prompt stream: give --prompts FILE or --prompt TEXT …")
-    return request
+    if "clips" in fields:
+        return request
+    # Without --clips, one clip per prompt of the stream (each shown `prompt_repeat` times).
+    clips = len(request.own_prompt_stream()) * request.settings().prompt_repeat
+    return FilmRequest(**{**request.model_dump(), "clips": clips})
 
 
 def describe(request: FilmRequest, out: Path) -> str:

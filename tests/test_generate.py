@@ -146,3 +146,10 @@ def test_console_exit_code_is_non_zero_on_bad_input(inputs, tmp_path):
     )
     assert result.returncode == 2
     assert "error:" in result.stderr and "no-model" in result.stderr
+
+
+def test_without_clips_there_is_one_clip_per_prompt(model_dir, inputs, tmp_path):
+    image, prompts = inputs  # two prompts
+    out = tmp_path / "film.mp4"
+    assert main(args_for(model_dir, image, prompts, out)) == 0
+    assert mp4_frame_count(out) == 2 * (9 - 5) + 5
