@@ -206,7 +206,9 @@ class FilmRequest(BaseModel):
             if unset:
                 setattr(self, group, options.model_copy(update=unset))
         if self.profile == "wan" and self.render.model is None:
-            raise ValueError("profile 'wan' needs model: the local Wan2.1-I2V-14B-480P folder (see README)")
+            raise ValueError(
+                "profile 'wan' needs model: the local Wan2.1-I2V-14B-480P or Wan2.2-I2V-A14B folder (see README)"
+            )
         # The stages' own requests are checked now, so bad input fails before any flow run starts.
         self.settings()
         if not self.retrieve.images:
