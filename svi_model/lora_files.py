@@ -12,6 +12,8 @@ Accepted key layouts (any combination):
     pair names    `lora_A`/`lora_B` with or without the PEFT `.default` infix, or `lora_down`/`lora_up` (down = A)
     scale         optional `<module>.alpha` scalars: the pair's scale is alpha / rank (1 without one)
     module names  original Wan (`self_attn.q`, `ffn.0`, ...) or diffusers (`attn1.to_q`, `ffn.net.0.proj`, ...)
+    full deltas   `<module>.diff` (added to the weight) and `<module>.diff_b` (to the bias), as distill LoRAs
+                  (lightx2v, Lightning) carry for norms, biases and other small parameters; fused only
 """
 
 import math
@@ -60,6 +62,7 @@ _SVI_EXTRA_MODULES = (
 )
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight$")
 _ALPHA_KEY = re.compile(r"^(?P<module>.+)\.alpha$")
+_DIFF_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>diff|diff_b)$")
 _BLOCK_MODULE = re.compile(r"^blocks\.(?P<index>\d+)\.(?P<name>.+)$")
 
 
@@ -87,11 +90,13 @@ class LoraWeights:
 
     pairs: module name -> LoraPair. ignored: keys of SVI's extra non-LoRA modules (e.g. `dwpose_embedding.0.weight`),
     which are reported but never applied. source: the file it came from (or a description), for error messages.
+    diffs: diffusers parameter name (`blocks.0.attn1.norm_q.weight`) -> (file key, full-tensor delta).
     """
 
     pairs: dict[str, LoraPair]
     ignored: list[str] = field(default_factory=list)
     source: str = "<in memory>"
+    diffs: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def read_lora_file(path: str | os.PathLike) -> LoraWeights:
@@ -113,11 +118,16 @@ def read_lora_file(path: str | os.PathLike) -> LoraWeights:
 def _lora_from_state_dict(state: dict[str, torch.Tensor], source: str) -> LoraWeights:
     halves: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}  # module -> {"a"/"b": (file key, tensor)}
     alphas: dict[str, tuple[str, torch.Tensor]] = {}  # module -> (file key, scalar)
+    diffs: dict[str, tuple[str, torch.Tensor]] = {}  # parameter -> (file key, delta)
     ignored = []
     for key, tensor in state.items():
         stem = _strip_prefixes(key)
         if stem.startswith(_SVI_EXTRA_MODULES):
             ignored.append(key)
+            continue
+        if diff := _DIFF_KEY.match(stem):
+            parameter = _diffusers_parameter_name(diff["module"], "weight" if diff["kind"] == "diff" else "bias")
+            _put_once(diffs, parameter, key, tensor, source)
             continue
         lora_match, alpha_match = _LORA_KEY.match(stem), _ALPHA_KEY.match(stem)
         match = lora_match or alpha_match
@@ -146,9 +156,17 @@ def _lora_from_state_dict(state: dict[str, torch.Tensor], source: str) -> LoraWe
     if alphas:
         orphan_key = next(iter(alphas.values()))[0]
         raise LoraFileError(f"LoRA file {source!r}: {orphan_key!r} is an alpha without a lora_A/lora_B pair.")
-    if not pairs:
+    if not pairs and not diffs:
         raise LoraFileError(f"LoRA file {source!r} holds no LoRA tensors (first keys: {sorted(state)[:5]}).")
-    return LoraWeights(pairs, ignored, source)
+    return LoraWeights(pairs, ignored, source, diffs)
+
+
+def _diffusers_parameter_name(module: str, leaf: str) -> str:
+    """The diffusers name of the original-Wan (or already diffusers) parameter `module.leaf`, by diffusers' own
+    converter, which knows every parameter of the DiT (norms, modulation, embeddings), not only the adapted layers."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    return next(iter(convert_wan_transformer_to_diffusers({f"{module}.{leaf}": torch.empty(0)})))
 
 
 def _put_once(slots: dict, slot: str, key: str, tensor: torch.Tensor, source: str) -> None:
@@ -189,12 +207,20 @@ def apply_lora(
     fuse=True (default, what SVI's authors do): W += scale * pair.scale * B @ A in place, computed in fp32 and cast
     back to W's dtype; no PEFT layer is added, so inference costs nothing extra. fuse=False: load it as the PEFT
     adapter `adapter_name` through diffusers and activate it with weight `scale` (switchable, slower per step).
-    Raises LoraFileError, before modifying anything, naming the first pair whose module is missing, is not an
-    nn.Linear, or whose shapes do not fit; and, unfused, if diffusers did not wrap exactly one module per pair.
+    Full deltas (`.diff`/`.diff_b`) are added at `scale` too, fused only. Raises LoraFileError, before modifying
+    anything, naming the first pair whose module is missing, is not an nn.Linear, or whose shapes do not fit (or
+    delta whose parameter is missing or of another shape); and, unfused, if diffusers did not wrap exactly one
+    module per pair.
     """
     linears = {module: _check_pair(transformer, module, pair, lora.source) for module, pair in lora.pairs.items()}
+    parameters = {
+        name: _checked_diff(transformer, name, key, delta, lora.source) for name, (key, delta) in lora.diffs.items()
+    }
+    if parameters and not fuse:
+        raise LoraFileError(f"LoRA {lora.source!r} holds full deltas (.diff/.diff_b), which can only be fused: fuse it")
     if fuse:
         _fuse(linears, lora, scale)
+        _add_diffs(parameters, lora, scale)
     else:
         _load_adapter(transformer, lora, scale, adapter_name)
 
@@ -219,6 +245,26 @@ def _check_pair(transformer: nn.Module, module: str, pair: LoraPair, source: str
             f"{list(expected_b)}, found {list(pair.b.shape)}."
         )
     return linear
+
+
+def _checked_diff(transformer: nn.Module, name: str, key: str, delta: torch.Tensor, source: str) -> nn.Parameter:
+    where = f"LoRA {source!r}: {key!r} (diffusers parameter {name!r})"
+    # A bare parameter (Wan's `modulation`, diffusers' `scale_shift_table`) has no `.weight` leaf.
+    names = dict(transformer.named_parameters())
+    found = [candidate for candidate in (name, name.removesuffix(".weight")) if candidate in names]
+    if not found:
+        raise LoraFileError(f"{where}: the transformer has no such parameter; is this LoRA for another model?")
+    parameter = names[found[0]]
+    if tuple(delta.shape) != tuple(parameter.shape):
+        raise LoraFileError(f"{where}: should be {list(parameter.shape)}, found {list(delta.shape)}.")
+    return parameter
+
+
+@torch.no_grad()
+def _add_diffs(parameters: dict[str, nn.Parameter], lora: LoraWeights, scale: float) -> None:
+    for name, parameter in parameters.items():
+        delta = lora.diffs[name][1].to(parameter.device, torch.float32)
+        parameter.copy_((parameter.float() + scale * delta).to(parameter.dtype))
 
 
 @torch.no_grad()

@@ -301,3 +301,49 @@ def test_peft_trained_adapter_saves_and_reapplies(lora_alpha, tmp_path, base_tra
     fresh = copy.deepcopy(base_transformer)
     apply_lora(fresh, read_lora_file(tmp_path / "trained.safetensors"))
     torch.testing.assert_close(forward(fresh), trained_output, rtol=0, atol=1e-5)
+
+
+# Full-tensor deltas as distill LoRAs (lightx2v, Lightning) carry them: original name -> diffusers parameter.
+DIFFS = {
+    "diffusion_model.blocks.0.self_attn.norm_q.diff": "blocks.0.attn1.norm_q.weight",
+    "diffusion_model.blocks.1.cross_attn.q.diff_b": "blocks.1.attn2.to_q.bias",
+    "diffusion_model.blocks.0.modulation.diff": "blocks.0.scale_shift_table",
+}
+
+
+def write_lora_with_diffs(path, pairs, base_transformer, shapes=None) -> tuple[str, dict[str, torch.Tensor]]:
+    """A down/up LoRA file plus `.diff`/`.diff_b` entries; returns it and the deltas by diffusers parameter."""
+    write_lora(path, pairs, "down_up_alpha")
+    tensors = safetensors.torch.load_file(str(path))
+    generator = torch.Generator().manual_seed(11)
+    deltas = {}
+    for key, parameter in DIFFS.items():
+        shape = (shapes or {}).get(key, base_transformer.get_parameter(parameter).shape)
+        deltas[parameter] = tensors[key] = torch.randn(shape, generator=generator)
+    safetensors.torch.save_file(tensors, str(path))
+    return str(path), deltas
+
+
+def test_full_deltas_are_added_to_their_parameters_at_the_lora_strength(tmp_path, transformer, base_transformer, pairs):
+    path, deltas = write_lora_with_diffs(tmp_path / "distill.safetensors", pairs, base_transformer)
+    lora = read_lora_file(path)
+    assert {name: key for name, (key, _) in lora.diffs.items()} == {
+        "blocks.0.attn1.norm_q.weight": "diffusion_model.blocks.0.self_attn.norm_q.diff",
+        "blocks.1.attn2.to_q.bias": "diffusion_model.blocks.1.cross_attn.q.diff_b",
+        "blocks.0.scale_shift_table.weight": "diffusion_model.blocks.0.modulation.diff",
+    }
+    apply_lora(transformer, lora, scale=0.5)
+    for parameter, delta in deltas.items():
+        expected = base_transformer.get_parameter(parameter) + 0.5 * delta
+        torch.testing.assert_close(transformer.get_parameter(parameter), expected, rtol=0, atol=1e-6)
+
+
+def test_full_deltas_are_only_fused_and_must_fit(tmp_path, transformer, base_transformer, pairs):
+    path, _ = write_lora_with_diffs(tmp_path / "distill.safetensors", pairs, base_transformer)
+    with pytest.raises(LoraFileError, match=r"full deltas \(.diff/.diff_b\), which can only be fused"):
+        apply_lora(transformer, read_lora_file(path), fuse=False)
+    wrong = {"diffusion_model.blocks.1.cross_attn.q.diff_b": (3,)}
+    path, _ = write_lora_with_diffs(tmp_path / "wrong.safetensors", pairs, base_transformer, wrong)
+    with pytest.raises(LoraFileError, match=r"'diffusion_model.blocks.1.cross_attn.q.diff_b' .* should be \[24\]"):
+        apply_lora(transformer, read_lora_file(path))
+    assert_unmodified(transformer, base_transformer)
