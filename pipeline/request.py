@@ -119,6 +119,11 @@ class RenderOptions(BaseModel):
     lora_scale: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength alpha")
     lora_2: Path | None = Field(None, description="two experts (Wan2.2): the low-noise expert's SVI LoRA")
     lora_scale_2: float = Field(1.0, ge=0.0, le=2.0, description="the low-noise LoRA's strength")
+    stacked_loras: list[str] = Field(
+        default_factory=list,
+        description="LoRAs on top of the SVI LoRA (e.g. a distill LoRA), each FILE[:HIGH[:LOW]]: its strength on the "
+        "high-noise expert, then on the low-noise one (0: not there)",
+    )
     fuse_lora: bool = Field(True, description="merge the LoRA into the weights (false: keep it as an adapter)")
     device: str | None = Field(None, description="cuda, cuda:1 or cpu (default: the profile's, else cuda if any)")
     dtype: Dtype = Field("auto", description="DiT and T5 dtype")
@@ -211,6 +216,7 @@ class FilmRequest(BaseModel):
             )
         # The stages' own requests are checked now, so bad input fails before any flow run starts.
         self.settings()
+        self.engine()
         if not self.retrieve.images:
             self.retrieve_request()
         if not self.own_prompts():

@@ -7,11 +7,13 @@ import shutil
 
 import pytest
 import torch
-from diffusers import WanImageToVideoPipeline
+from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+from pydantic import ValidationError
 
 from pipeline.synthesize import EngineSpec, loaded_sampler
 from svi_model.chain import FilmRenderer
 from svi_model.loading import ModelFolderError, load_wan_pipeline
+from svi_model.lora_files import apply_lora, read_lora_file
 from svi_model.modes import mode_settings
 from svi_model.sampler import SVI_EXPERT_BOUNDARY, ClipCondition, ClipSampler
 from svi_model.schedule import SVI_SHIFT, SVIFlowMatchScheduler
@@ -131,10 +133,6 @@ def test_a_film_renders_on_the_two_experts(mode, tmp_path):
 
 def expert_with_lora(folder, name: str, lora_file, scale: float) -> dict[str, torch.Tensor]:
     """The expert `name` of the folder as loaded, with `lora_file` fused at `scale` by hand (the expectation)."""
-    from diffusers import WanTransformer3DModel
-
-    from svi_model.lora_files import apply_lora, read_lora_file
-
     expert = WanTransformer3DModel.from_pretrained(folder, subfolder=name)
     apply_lora(expert, read_lora_file(lora_file), scale=scale)
     return expert.state_dict()
@@ -231,3 +229,32 @@ def test_the_low_noise_guidance_reaches_the_sampler_and_keys_only_when_set():
     assert seen == [1.5]
     assert "guidance_scale_2" not in mode_settings("pro").clip_fields()
     assert settings.clip_fields()["guidance_scale_2"] == 1.5
+
+
+def test_stacked_loras_land_on_each_expert_at_their_strengths_after_the_svi_pair(tmp_path):
+    from test_lora_files import random_lora, write_lora
+
+    folder = save_tiny_model(tmp_path / "wan22", wan22=True)
+    components = tiny_components(wan22=True)
+    high = write_lora(tmp_path / "high.safetensors", random_lora(components["transformer"], seed=1), "no_default")
+    low = write_lora(tmp_path / "low.safetensors", random_lora(components["transformer_2"], seed=2), "no_default")
+    distill = write_lora(tmp_path / "distill.safetensors", random_lora(components["transformer"], seed=3), "down_up")
+    spec = EngineSpec(
+        model=folder, device="cpu", lora=high, lora_2=low, stacked_loras=[f"{distill}:0.5:1", f"{distill}:0:0.25"]
+    )
+    pipe = loaded_sampler(spec).pipe
+    for name, svi, strengths in (("transformer", high, [0.5]), ("transformer_2", low, [1.0, 0.25])):
+        expected = WanTransformer3DModel.from_pretrained(folder, subfolder=name)
+        apply_lora(expected, read_lora_file(svi))
+        for strength in strengths:
+            apply_lora(expected, read_lora_file(distill), scale=strength)
+        loaded = getattr(pipe, name).state_dict()
+        assert all(torch.equal(value, loaded[key]) for key, value in expected.state_dict().items()), name
+    identity = spec.identity()
+    assert identity["stacked_loras"][0][1:] == [0.5, 1.0] and identity["stacked_loras"][1][1:] == [0.0, 0.25]
+    assert "stacked_loras" not in EngineSpec(model=folder, device="cpu", lora=high, lora_2=low).identity()
+
+
+def test_a_stacked_lora_that_does_not_parse_is_named():
+    with pytest.raises(ValidationError, match="stacked LoRA ':0.5': write FILE, FILE:STRENGTH or FILE:HIGH:LOW"):
+        EngineSpec(model="m", stacked_loras=[":0.5"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from svi_model.sampler import ClipSampler
 
@@ -20,6 +20,39 @@ from ..hashing import file_sha256, folder_fingerprint
 
 Dtype = Literal["auto", "bf16", "fp32"]
 Offload = Literal["none", "model", "group"]
+
+
+class StackedLora(BaseModel):
+    """A LoRA on top of the SVI LoRA (e.g. a 4-step distill LoRA), with its strength on each expert (0: not
+    applied there). Written `FILE[:HIGH[:LOW]]`: the strength on the (high-noise) `transformer`, then on the
+    low-noise `transformer_2` (default: the same)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: Path
+    high: float = Field(1.0, ge=0.0, le=2.0)
+    low: float | None = Field(None, ge=0.0, le=2.0)
+
+    @classmethod
+    def parse(cls, text: str) -> "StackedLora":
+        """`FILE[:HIGH[:LOW]]` → the LoRA; a ValueError names what does not parse."""
+        parts = text.split(":")
+        numbers = []
+        while len(parts) > 1 and len(numbers) < 2:
+            try:
+                numbers.insert(0, float(parts[-1]))
+            except ValueError:
+                break
+            parts.pop()
+        if not ":".join(parts):
+            raise ValueError(
+                f"stacked LoRA {text!r}: write FILE, FILE:STRENGTH or FILE:HIGH:LOW (e.g. x.safetensors:0.5:1)"
+            )
+        return cls(file=":".join(parts), **dict(zip(("high", "low"), numbers, strict=False)))
+
+    def strengths(self) -> tuple[float, float]:
+        """(on the high-noise expert, on the low-noise one)."""
+        return self.high, self.high if self.low is None else self.low
 
 
 def _default_device() -> str:
@@ -36,6 +69,7 @@ class EngineSpec(BaseModel):
     lora_scale: float = 1.0
     lora_2: Path | None = Field(None, description="two experts: the low-noise expert's SVI LoRA")
     lora_scale_2: float = 1.0
+    stacked_loras: tuple[StackedLora, ...] = Field((), description="LoRAs on top of the SVI LoRA, in order")
     fuse_lora: bool = True
     device: str = _default_device()
     dtype: Dtype = "auto"
@@ -44,6 +78,11 @@ class EngineSpec(BaseModel):
     boundary: float | None = Field(
         None, gt=0.0, lt=1.0, description="two experts: where the low-noise one takes over, ·1000 (default 0.875)"
     )
+
+    @field_validator("stacked_loras", mode="before")
+    @classmethod
+    def _parsed(cls, loras):
+        return tuple(StackedLora.parse(lora) if isinstance(lora, str) else lora for lora in loras)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -64,6 +103,11 @@ class EngineSpec(BaseModel):
             # Only when set: a one-expert model's identity (and every clip key made before) stays as it was.
             **({"boundary": self.boundary} if self.boundary is not None else {}),
             **({"lora_2": file_sha256(self.lora_2), "lora_scale_2": self.lora_scale_2} if self.lora_2 else {}),
+            **(
+                {"stacked_loras": [[file_sha256(s.file), *s.strengths()] for s in self.stacked_loras]}
+                if self.stacked_loras
+                else {}
+            ),
         }
 
 
@@ -79,6 +123,11 @@ def _loras_per_expert(spec: EngineSpec, pipe) -> list[tuple[torch.nn.Module, Pat
             "SVI_Wan2.2-I2V-A14B_high_noise_lora_v2.0_pro.safetensors) and lora_2 (low noise, the _low_noise_ file)"
         )
     loras = [(pipe.transformer, spec.lora, spec.lora_scale), (low_noise, spec.lora_2, spec.lora_scale_2)]
+    for stacked in spec.stacked_loras:
+        on_experts = zip((pipe.transformer, low_noise), stacked.strengths(), strict=True)
+        loras += [
+            (expert, stacked.file, strength) for expert, strength in on_experts if expert is not None and strength
+        ]
     return [(expert, lora, scale) for expert, lora, scale in loras if lora is not None]
 
 
