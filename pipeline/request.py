@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from svi_model.atomic_files import write_text_atomic
 from svi_model.conditioning import Padding
 from svi_model.modes import MODE_NAMES, FilmSettings, PromptMode, Stitch, mode_settings
+from svi_model.speeds import SPEED_NAMES, SPEEDS
 
 from .cache_folder import tiny_model_folder
 from .keywords import Keywords
@@ -44,6 +45,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 Profile = Literal[tuple(PROFILES)]
 Mode = Literal[MODE_NAMES]
+Speed = Literal[SPEED_NAMES]
 
 
 def _none_dropped(value: Any) -> Any:
@@ -114,6 +116,7 @@ class RenderOptions(BaseModel):
     model_config = _GROUP
 
     mode: Mode = Field("film", description="SVI mode")
+    speed: Speed = Field("quality", description="a named sampling recipe (lightning: 6 steps for distill LoRAs)")
     model: Path | None = Field(None, description="local Wan2.1-I2V-14B-480P folder (demo: the tiny model)")
     lora: Path | None = Field(None, description="SVI LoRA .safetensors for the mode (two experts: the high-noise one)")
     lora_scale: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength alpha")
@@ -144,6 +147,10 @@ class RenderOptions(BaseModel):
     reference_count: int | None = Field(None, ge=1, description="reference padding: k references, then zeros")
     prompt_mode: PromptMode | None = Field(None, description="one prompt for all, or the stream")
     prompt_repeat: int | None = Field(None, ge=1, description="clips per prompt of the stream")
+    shift: float | None = Field(None, gt=0.0, description="the noise schedule's shift (default: SVI's 5)")
+    high_noise_steps: int | None = Field(
+        None, ge=0, description="two experts: steps the high-noise one takes (default: down to the boundary)"
+    )
     stitch: Stitch | None = Field(None, description="which of two clips drops the frames they share: tail or head")
     overlap_frames: int | None = Field(None, ge=1, description="frames two consecutive clips share (default: m)")
     fps: float = Field(16.0, gt=0, description="frames per second of the film")
@@ -201,7 +208,9 @@ class FilmRequest(BaseModel):
 
     @model_validator(mode="after")
     def _profile_defaults_and_checks(self) -> "FilmRequest":
-        defaults = dict(PROFILES[self.profile])
+        # A speed recipe's settings take the place of the profile's (a request's own values win over both).
+        recipe = SPEEDS[self.render.speed]
+        defaults = {name: value for name, value in PROFILES[self.profile].items() if name not in recipe}
         if self.storyline.openai_base_url:  # a server given is the storyline's, unless a backend is named
             defaults["backend"] = "openai"
         for group in GROUPS:
@@ -268,10 +277,10 @@ class FilmRequest(BaseModel):
         )
 
     def settings(self) -> FilmSettings:
-        """The clip settings: the mode's, then the request's own (profile defaults filled in)."""
+        """The clip settings: the mode's, then the speed recipe's, then the request's own (profile defaults filled)."""
         fields = set(FilmSettings.model_fields) & set(RenderOptions.model_fields) - {"mode"}
         overrides = {name: getattr(self.render, name) for name in fields if getattr(self.render, name) is not None}
-        return mode_settings(self.render.mode, **overrides)
+        return mode_settings(self.render.mode, **{**SPEEDS[self.render.speed], **overrides})
 
     def engine(self) -> EngineSpec:
         """The model and how it is placed: the demo renders the tiny model unless given one."""

@@ -118,6 +118,8 @@ class FilmRenderer:
             guidance_scale=s.guidance_scale,
             on_step=on_step,
             guidance_scale_2=s.guidance_scale_2,
+            shift=s.shift,
+            high_noise_steps=s.high_noise_steps,
         )
         return output, self.state_after(output)
 

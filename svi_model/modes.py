@@ -35,7 +35,7 @@ Stitch = Literal["tail", "head"]
 # Fields that say which frames of the clips the film keeps, not what a clip is.
 STITCHING_FIELDS = frozenset({"stitch", "overlap_frames"})
 # Fields added after clips were first keyed: left out of a clip's identity while unset, so those clips still match.
-ABSENT_WHILE_UNSET = frozenset({"guidance_scale_2"})
+ABSENT_WHILE_UNSET = frozenset({"guidance_scale_2", "shift", "high_noise_steps"})
 
 
 class FilmSettings(BaseModel):
@@ -51,6 +51,10 @@ class FilmSettings(BaseModel):
     steps: int = Field(50, ge=1)
     guidance_scale: float = Field(5.0, ge=1.0)
     guidance_scale_2: float | None = Field(None, ge=1.0, description="two experts: the low-noise one's guidance")
+    shift: float | None = Field(None, gt=0.0, description="the schedule's shift (default: SVI's 5)")
+    high_noise_steps: int | None = Field(
+        None, ge=0, description="two experts: steps the high-noise one takes (default: down to the boundary)"
+    )
     seed: int = Field(42, ge=0, description="clip k uses seed·k (a retake of it another seed: `seed_for`)")
     stitch: Stitch = Field("tail", description="which clip drops the frames two clips share: the earlier, the later")
     overlap_frames: int | None = Field(None, ge=1, description="frames each continuation shares (default: m)")
@@ -65,6 +69,8 @@ class FilmSettings(BaseModel):
             )
         if self.chaining == "latents" and self.num_frames < 9:
             raise ValueError("latent chaining needs at least 9 frames per clip (anchor + previous latent + new)")
+        if self.high_noise_steps is not None and self.high_noise_steps > self.steps:
+            raise ValueError(f"high-noise steps ({self.high_noise_steps}) must not exceed the steps ({self.steps})")
         if self.overlap >= self.num_frames:
             raise ValueError(f"overlap frames ({self.overlap}) must be fewer than frames per clip ({self.num_frames})")
         return self

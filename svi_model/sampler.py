@@ -16,6 +16,7 @@ from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
 from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
 
 from .conditioning import clip_pixels, first_frame_mask, to_uint8
+from .schedule import SVIFlowMatchScheduler
 
 # The English translation of Wan's default negative prompt, as the authors' test script passes it.
 SVI_NEGATIVE_PROMPT = (
@@ -115,6 +116,7 @@ class ClipSampler:
         self.negative_prompt = negative_prompt
         two_experts = getattr(pipe, "transformer_2", None) is not None
         self.boundary = (SVI_EXPERT_BOUNDARY if boundary is None else boundary) if two_experts else None
+        self._schedulers: dict[float, SVIFlowMatchScheduler] = {}
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         vae = pipe.vae.config
         self._latents_mean = torch.tensor(vae.latents_mean).view(vae.z_dim, 1, 1, 1)
@@ -138,13 +140,24 @@ class ClipSampler:
             self._text_cache.popitem(last=False)
         return embeds
 
-    def experts(self, steps: int) -> list[int]:
+    def scheduler(self, shift: float | None = None) -> SVIFlowMatchScheduler:
+        """The Euler flow-matching scheduler at `shift` (default: the model's, SVI's 5); distill recipes use others."""
+        if shift is None or shift == self.pipe.scheduler.config.shift:
+            return self.pipe.scheduler
+        if shift not in self._schedulers:
+            self._schedulers[shift] = SVIFlowMatchScheduler(shift=shift)
+        return self._schedulers[shift]
+
+    def experts(self, steps: int, shift: float | None = None, high_noise_steps: int | None = None) -> list[int]:
         """Which expert predicts at each of `steps` steps: 0 the (high-noise) `transformer`, 1 the low-noise
-        `transformer_2` (all 0 with one DiT)."""
-        scheduler = self.pipe.scheduler
-        scheduler.set_timesteps(steps)
+        `transformer_2` (all 0 with one DiT). `high_noise_steps` splits by count (distill recipes: 3 + 3 of 6)
+        instead of at the boundary."""
         if self.boundary is None:
             return [0] * steps
+        if high_noise_steps is not None:
+            return [0 if step < high_noise_steps else 1 for step in range(steps)]
+        scheduler = self.scheduler(shift)
+        scheduler.set_timesteps(steps)
         switch = self.boundary * scheduler.config.num_train_timesteps
         return [0 if t >= switch else 1 for t in scheduler.timesteps.tolist()]
 
@@ -196,6 +209,8 @@ class ClipSampler:
         guidance_scale: float,
         on_step: StepCallback | None = None,
         guidance_scale_2: float | None = None,
+        shift: float | None = None,
+        high_noise_steps: int | None = None,
     ) -> torch.Tensor:
         """Flow-matching Euler with text CFG from seeded noise. Returns float32 latents `[16, T, h, w]`.
 
@@ -204,11 +219,12 @@ class ClipSampler:
             image_embeds: CLIP tokens, or None for a DiT without image tokens.
             negative_embeds: None runs without guidance (guidance_scale must then be ≤ 1).
             guidance_scale_2: the low-noise expert's guidance (default: `guidance_scale`).
+            shift, high_noise_steps: the schedule's shift and the two experts' split (`scheduler`, `experts`).
         The noise is drawn on the CPU from a generator seeded with `seed`, so a clip is the same on any device.
         """
         dtype = self.pipe.transformer.dtype
-        scheduler = self.pipe.scheduler
-        experts = self.experts(steps)  # before the device schedule: it sets the scheduler's timesteps itself
+        scheduler = self.scheduler(shift)
+        experts = self.experts(steps, shift, high_noise_steps)  # first: it sets the scheduler's timesteps itself
         scheduler.set_timesteps(steps, device=self.device)
         shape = (1, self.pipe.vae.config.z_dim, *condition.shape[1:])
         latents = randn_tensor(
@@ -242,10 +258,13 @@ class ClipSampler:
         guidance_scale: float = 5.0,
         on_step: StepCallback | None = None,
         guidance_scale_2: float | None = None,
+        shift: float | None = None,
+        high_noise_steps: int | None = None,
     ) -> ClipOutput:
         """One clip: denoise under `condition`, decode in the VAE's dtype, truncate to uint8.
 
         guidance_scale_2: the low-noise expert's guidance with two experts (default: `guidance_scale`).
+        shift, high_noise_steps: another schedule shift, and the experts split by step count (distill recipes).
         """
         guided = max(guidance_scale, guidance_scale if guidance_scale_2 is None else guidance_scale_2) > 1.0
         negative = self.text_embeddings(self.negative_prompt) if guided else None
@@ -259,6 +278,8 @@ class ClipSampler:
             guidance_scale,
             on_step,
             guidance_scale_2,
+            shift,
+            high_noise_steps,
         )
         frames = to_uint8(self.decode(latents)).cpu()
         return ClipOutput(frames=frames, latents=latents.cpu())

@@ -10,13 +10,14 @@ import torch
 from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
 from pydantic import ValidationError
 
+from pipeline.request import FilmRequest
 from pipeline.synthesize import EngineSpec, loaded_sampler
 from svi_model.chain import FilmRenderer
 from svi_model.loading import ModelFolderError, load_wan_pipeline
 from svi_model.lora_files import apply_lora, read_lora_file
 from svi_model.modes import mode_settings
 from svi_model.sampler import SVI_EXPERT_BOUNDARY, ClipCondition, ClipSampler
-from svi_model.schedule import SVI_SHIFT, SVIFlowMatchScheduler
+from svi_model.schedule import SVI_SHIFT, SVIFlowMatchScheduler, shifted_sigmas
 from svi_model.tiny import save_tiny_model, tiny_components
 
 
@@ -24,6 +25,9 @@ def high_noise_steps(steps: int, boundary: float, shift: float = SVI_SHIFT) -> i
     """Steps at or above the boundary, worked out on paper: σ' = s·σ/(1+(s−1)·σ) ≥ b ⇔ σ ≥ b/(s − (s−1)·b), and
     step i has σ = 1 − i/N, so the high-noise expert takes the steps i ≤ N·(1 − b/(s − (s−1)·b))."""
     return math.floor(steps * (1 - boundary / (shift - (shift - 1) * boundary))) + 1
+
+
+REFERENCE = torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
 
 
 def wan22_pipe(transformer_2=None) -> WanImageToVideoPipeline:
@@ -258,3 +262,38 @@ def test_stacked_loras_land_on_each_expert_at_their_strengths_after_the_svi_pair
 def test_a_stacked_lora_that_does_not_parse_is_named():
     with pytest.raises(ValidationError, match="stacked LoRA ':0.5': write FILE, FILE:STRENGTH or FILE:HIGH:LOW"):
         EngineSpec(model="m", stacked_loras=[":0.5"])
+
+
+# ---------------------------------------------------------------- speed tiers
+
+
+def counted_forwards(pipe) -> dict[str, int]:
+    calls = {"high": 0, "low": 0}
+    pipe.transformer.register_forward_hook(lambda *_: calls.__setitem__("high", calls["high"] + 1))
+    pipe.transformer_2.register_forward_hook(lambda *_: calls.__setitem__("low", calls["low"] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("guidance, forwards_per_step", [(None, 2), (1.0, 1)])
+def test_the_lightning_tier_takes_its_recipes_steps_split_and_shift(guidance, forwards_per_step):
+    request = FilmRequest(speed="lightning", **({} if guidance is None else {"guidance_scale": guidance}))
+    settings = request.settings()
+    assert (settings.steps, settings.high_noise_steps, settings.shift) == (6, 3, 8.0)
+    assert settings.guidance_scale == (1.5 if guidance is None else guidance)
+    pipe = wan22_pipe()
+    sampler = ClipSampler(pipe)
+    calls = counted_forwards(pipe)
+    renderer = FilmRenderer(sampler, settings.model_copy(update={"num_frames": 9}), REFERENCE, ["a red ball"])
+    renderer.render_clip(0, None)
+    assert calls == {"high": 3 * forwards_per_step, "low": 3 * forwards_per_step}
+    scheduler = sampler.scheduler(8.0)
+    scheduler.set_timesteps(6)
+    expected = (shifted_sigmas(6, shift=8.0)[:6] * 1000).float()
+    torch.testing.assert_close(scheduler.timesteps, expected)
+
+
+def test_the_quality_tier_and_unset_recipe_fields_keep_clip_keys():
+    quality = FilmRequest().settings()
+    assert quality.shift is None and quality.high_noise_steps is None
+    assert not {"shift", "high_noise_steps"} & set(quality.clip_fields())
+    assert FilmRequest(speed="lightning").settings().clip_fields()["shift"] == 8.0
