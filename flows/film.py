@@ -301,7 +301,8 @@ def _render_chapter(
 
     def clip_in_a_task(run: RunFolder, k: int, job: ClipJob, key: str) -> ClipResult:
         # A cached task result is only as good as the stored clip: without it, render again.
-        return clip_task.with_options(refresh_cache=not store.has(key), tags=_clip_tags())(run.root, k, job, key)
+        stored = store.has(key, job.settings.num_frames)
+        return clip_task.with_options(refresh_cache=not stored, tags=_clip_tags())(run.root, k, job, key)
 
     render_clips(run, request.clip_job(prompt_stream), request.clips, clip_in_a_task, lambda _: progress.clip_done())
     timings["synthesize"] = time.perf_counter() - start

@@ -104,11 +104,11 @@ def load_reference_png(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
 
 
-def save_state(state: ChainState, path: Path) -> None:
-    """Store a `ChainState` losslessly (safetensors), atomically."""
+def save_state(state: ChainState, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Store a `ChainState` losslessly (safetensors, with `metadata` in its header), atomically."""
     tensors = {name: value.contiguous() for name, value in vars(state).items() if value is not None}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_state(path: Path) -> ChainState:

@@ -21,6 +21,7 @@ from ..request import FilmRequest, read_run_request
 from ..run_folder import RunFolder
 from ..storyline import read_prompt_file
 from ..synthesize import EngineSpec
+from ..synthesize.seals import clip_damage
 from .film_video import FilmFrames, join_chapters, stitched_clips, write_film
 from .storyboard import draw_storyboard, stacked_storyboards
 from .subtitles import subtitles
@@ -121,6 +122,15 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
             f"{run.clips} lacks {len(missing)} of the {request.clips} clips ({shown}): "
             f"run `svi film --run-dir {run.root}` again to render them"
         )
+    # A film is only ever replaced by one made of clips that are as they were stored (checked against the seal in
+    # each clip's state file; a clip without one can only be checked for its frame count, when it is read).
+    for k, path in enumerate(clip_paths):
+        damage = clip_damage(path, run.state(k), settings.num_frames) if run.state(k).is_file() else None
+        if damage is not None:
+            raise ValueError(
+                f"{path} is damaged ({damage}); the film was left as it was: run `svi film --run-dir {run.root}` "
+                "again to make the clip again"
+            )
     clip_prompts = [settings.prompt_for(k, prompts) for k in range(request.clips)]
     previous = _previous_timings(run.manifest) if timings is None else dict(timings)
 

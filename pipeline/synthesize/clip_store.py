@@ -2,10 +2,14 @@
 
 <key>/attempts.json       with per-clip checks: every render, its seed and the checks' verdicts (the last is kept)
 <key>/clip.mkv            the accepted clip, lossless
-<key>/state.safetensors   what the next clip needs from it (written last: a key with its state is complete)
+<key>/state.safetensors   what the next clip needs from it, sealed with what the clip is (`seals`); written last,
+                          so a key with its state is complete
+.quarantine/<key>-<time>/ entries found damaged, moved aside (never reused; `svi cache --clear` frees them)
 """
 
 import json
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +19,10 @@ from svi_model.atomic_files import place_file, write_text_atomic
 from svi_model.chain import ChainState
 from svi_model.video_files import write_clip
 
-from ..run_folder import RunFolder, save_state
+from ..run_folder import RunFolder
+from .seals import clip_damage, save_sealed_state
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,9 +40,28 @@ class ClipStore:
     def attempts_file(self, key: str) -> Path:
         return self.root / key / "attempts.json"
 
-    def has(self, key: str) -> bool:
-        """Both files are there (each is written atomically, the state last)."""
-        return self.clip(key).is_file() and self.state(key).is_file()
+    def has(self, key: str, frames: int) -> bool:
+        """The entry is there and sound: its clip (of `frames` frames) and state are as they were stored. A damaged
+        entry is moved aside with a warning (and so made again by whoever asked)."""
+        if not self.state(key).is_file():
+            return False
+        damage = clip_damage(self.clip(key), self.state(key), frames)
+        if damage is not None:
+            self.quarantine(key, damage)
+        return damage is None
+
+    def quarantine(self, key: str, why: str) -> Path:
+        """Move the entry `key` aside (never reused, kept for a look); returns where it went."""
+        aside = self.root / ".quarantine" / f"{key}-{time.strftime('%Y%m%dT%H%M%S')}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        (self.root / key).rename(aside)
+        log.warning(
+            "stored clip %s… is damaged (%s): moved to %s and made again (`svi cache --clear` frees it)",
+            key[:12],
+            why,
+            aside,
+        )
+        return aside
 
     def put(
         self, key: str, frames: torch.Tensor, state: ChainState, fps: float, attempts: list[dict] | None = None
@@ -45,7 +71,7 @@ class ClipStore:
         if attempts is not None:
             write_text_atomic(self.attempts_file(key), json.dumps(attempts, indent=2))
         write_clip(frames, self.clip(key), fps)
-        save_state(state, self.state(key))
+        save_sealed_state(state, self.state(key), self.clip(key), len(frames))
 
     def attempts(self, key: str) -> list[dict]:
         """The record of the renders behind `key`; a clip stored without one was rendered once, as attempt 0."""

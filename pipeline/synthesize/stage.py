@@ -107,7 +107,7 @@ def synthesize_clip(
     store = store or ClipStore(clip_store_folder())
     reference, previous = _clip_inputs(run, k)
     key = key or clip_key(k, job, reference, previous)
-    reused = store.has(key)
+    reused = store.has(key, job.settings.num_frames)
     if not reused:
         renderer = FilmRenderer(loaded_sampler(job.engine), job.settings, reference, job.prompts)
         attempts = []
