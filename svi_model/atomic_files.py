@@ -53,16 +53,21 @@ def write_text_atomic(destination: str | os.PathLike, text: str) -> None:
 
 
 def replace_folder(staged: Path, final: Path) -> None:
-    """Make the finished folder `staged` durable (every file fsynced), then put it in place of `final` by a rename
-    on the same file system. A crash before the rename leaves `final` as it was; `final` is never half written."""
+    """Make the finished folder `staged` durable (every file fsynced), then put it in place of `final` by renames
+    on the same file system; `final` is never half written. The old `final` is renamed aside (`.<name>.replaced`)
+    before the new one takes its name and deleted only after, so a crash at any moment keeps at least one of the
+    two whole (deleting the old one first would lose both to a crash before the rename)."""
     for path in staged.rglob("*"):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+    retired = final.with_name(f".{final.name}.replaced")
+    shutil.rmtree(retired, ignore_errors=True)
     if final.exists():
-        shutil.rmtree(final)
+        final.rename(retired)
     staged.rename(final)
     _fsync_folder(final.parent)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def place_file(source: Path, destination: Path) -> None:
