@@ -204,6 +204,13 @@ def _checked_layout(folder: Path, components_folder: Path | None) -> str:
     return layout
 
 
+def check_model_folder(folder: str | os.PathLike, components_folder: str | os.PathLike | None = None) -> str:
+    """The model folder's layout ("diffusers" or "original") once it holds everything a load needs, checked from
+    folder listings and small JSON files only; else a ModelFolderError listing what is missing."""
+    components = Path(components_folder).expanduser() if components_folder is not None else None
+    return _checked_layout(Path(folder).expanduser(), components)
+
+
 def _pretrained(loader, root: Path, name: str, **kwargs):
     with reading(root / name):
         return loader.from_pretrained(root, subfolder=name, local_files_only=True, **kwargs)
@@ -220,26 +227,41 @@ def _transformer(folder: Path, layout: str, dtype: torch.dtype, name: str = "tra
 # ---- the pipeline ---------------------------------------------------------------------------------------------------
 
 
-def load_wan_transformer(folder: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> WanTransformer3DModel:
-    """Only the DiT of the Wan2.1-I2V model in `folder` (either layout), in eval mode, on the CPU.
+def load_wan_transformer(
+    folder: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, expert: str = "transformer"
+) -> WanTransformer3DModel:
+    """Only one DiT of the Wan I2V model in `folder` (either layout), in eval mode, on the CPU.
 
-    What training from a latent cache needs: the encoders (UMT5-XXL alone is 11 GB) are neither checked nor read.
-    Raises ModelFolderError, listing what the DiT lacks, before anything heavy is read.
+    `expert`: "transformer", Wan2.1's one DiT or Wan2.2-A14B's high-noise expert, or "transformer_2", Wan2.2-A14B's
+    low-noise expert (the original layout's `high_noise_model/` and `low_noise_model/`). What training from a latent
+    cache needs: the encoders (UMT5-XXL alone is 11 GB) and the other expert are neither checked nor read. Raises
+    ModelFolderError, listing what the DiT lacks, before anything heavy is read.
     """
+    if expert not in ("transformer", "transformer_2"):
+        raise ValueError(f"expert must be 'transformer' or 'transformer_2', not {expert!r}")
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist (or is not a folder). {NOTHING_DOWNLOADED}")
+    what = "the DiT" if expert == "transformer" else "the low-noise expert"
     original = _is_original_layout(folder)
     if original:
-        index = folder / ORIGINAL_DIT_INDEX
-        missing = _missing_shards(index) if index.is_file() else [f"{index} (the DiT's shard index)"]
+        dits = _original_dit_folders(folder)
+        if expert not in dits:
+            raise ModelFolderError(
+                f"{folder} holds one DiT (Wan2.1), not Wan2.2-A14B's two experts: {what} would be in "
+                f"{folder / ORIGINAL_EXPERTS[1]}/. {NOTHING_DOWNLOADED}"
+            )
+        index = dits[expert] / ORIGINAL_DIT_INDEX
+        missing = _missing_shards(index) if index.is_file() else [f"{index} ({what}'s shard index)"]
+    elif (folder / expert).is_dir():
+        missing = _missing_in_part(folder / expert, what)
     elif (folder / "transformer").is_dir():
-        missing = _missing_in_part(folder / "transformer", "the DiT")
+        missing = [f"{folder / expert}/ ({LOW_NOISE_EXPERT[expert]})"]
     else:
         raise _not_a_model_folder(folder)
     if missing:
-        raise ModelFolderError(f"the DiT in {folder} is incomplete. Missing: {_listed(missing)}. {NOTHING_DOWNLOADED}")
-    return _transformer(folder, "original" if original else "diffusers", dtype).eval()
+        raise ModelFolderError(f"{what} in {folder} is incomplete. Missing: {_listed(missing)}. {NOTHING_DOWNLOADED}")
+    return _transformer(folder, "original" if original else "diffusers", dtype, expert).eval()
 
 
 def load_wan_pipeline(

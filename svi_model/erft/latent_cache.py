@@ -13,7 +13,8 @@ Folder layout (one folder per model and settings):
         text_embeddings    [n, D]         UMT5 output for the caption's n real tokens (embedding_dtype); the
                                           transformer's 512-token input is these plus zero rows, exactly as
                                           diffusers pads, so storing only the real rows loses nothing
-        clip_tokens        [257, 1280]    CLIP penultimate-layer tokens of the first motion frame (embedding_dtype)
+        clip_tokens        [257, 1280]    CLIP penultimate-layer tokens of the first motion frame (embedding_dtype);
+                                          absent for a model without an image encoder (Wan2.2-A14B)
     Each file also carries its index entry in its metadata, so an interrupted build resumes from the files alone.
 """
 
@@ -48,14 +49,15 @@ class EncodedSample:
 
     latents, condition_latents: `[16, T, h, w]` normalised VAE latents of the clip and of its condition video
     (the transformer's 20 condition channels are `sampler.mask_and_latents(condition_latents)`).
-    text_embeddings: `[512, D]`, zero past the caption's tokens. clip_tokens: `[257, 1280]`.
+    text_embeddings: `[512, D]`, zero past the caption's tokens. clip_tokens: `[257, 1280]`, or None for a model
+    without an image encoder (Wan2.2-A14B).
     info: where the sample came from: source, caption, category, sample number, seed and the `ClipPlan` fields.
     """
 
     latents: torch.Tensor
     condition_latents: torch.Tensor
     text_embeddings: torch.Tensor
-    clip_tokens: torch.Tensor
+    clip_tokens: torch.Tensor | None
     caption: str
     info: dict = field(default_factory=dict)
 
@@ -71,11 +73,12 @@ def encode_sample(sampler: ClipSampler, sample: TrainingSample, info: dict | Non
     text, _ = sampler.pipe.encode_prompt(
         sample.caption, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS, device=sampler.device
     )
+    image = sampler.image_embeddings(sample.image_encoder_frame)
     return EncodedSample(
         latents=sampler.encode(unit_range(sample.frames)),
         condition_latents=sampler.encode(sample.condition),
         text_embeddings=text[0],
-        clip_tokens=sampler.image_embeddings(sample.image_encoder_frame)[0],
+        clip_tokens=None if image is None else image[0],
         caption=sample.caption,
         info=dict(info or {}, source=str(sample.source), caption=sample.caption, **asdict(sample.plan)),
     )
@@ -118,8 +121,9 @@ def _write_sample(path: Path, encoded: EncodedSample, latent_dtype: torch.dtype,
         "latents": encoded.latents.to(latent_dtype),
         "condition_latents": encoded.condition_latents.to(latent_dtype),
         "text_embeddings": _real_tokens(encoded.text_embeddings).to(embedding_dtype),
-        "clip_tokens": encoded.clip_tokens.to(embedding_dtype),
     }
+    if encoded.clip_tokens is not None:
+        tensors["clip_tokens"] = encoded.clip_tokens.to(embedding_dtype)
     with atomic_path(path) as tmp:
         save_file(
             {key: value.cpu().contiguous() for key, value in tensors.items()},
@@ -234,7 +238,7 @@ class LatentCacheDataset(torch.utils.data.Dataset):
             latents=tensors["latents"],
             condition_latents=tensors["condition_latents"],
             text_embeddings=_padded(tensors["text_embeddings"]),
-            clip_tokens=tensors["clip_tokens"],
+            clip_tokens=tensors.get("clip_tokens"),
             caption=entry["caption"],
             info=entry,
         )

@@ -2,9 +2,10 @@
 
 As the authors' training script takes it (`svi-reference.md` §4):
 
-    σ, ε                        σ uniform on the 1000-step shift-5 grid, ε ~ N(0, I), drawn on the CPU from a
-                                generator seeded by (seed, process, step): a resumed run draws what the
-                                uninterrupted one drew, on any device
+    σ, ε                        σ uniform on the 1000-step shift-5 grid (a Wan2.2 expert: on its share of it,
+                                `experts.py`), ε ~ N(0, I), drawn on the CPU from a generator seeded by
+                                (seed, process, step): a resumed run draws what the uninterrupted one drew, on
+                                any device
     x̃_t, ε̃, ỹ                    `ErrorRecycler.prepare`: banked errors injected, x̃_t = (1−σ)·x̃ + σ·ε̃
     v̂ = DiT([x̃_t, mask, ỹ])     `sampler.predict_velocity` at timestep 1000·σ, the model input in the
                                 transformer's dtype: the sampler's own call
@@ -26,12 +27,13 @@ from .recycling import ErrorRecycler, PreparedStep
 @dataclass
 class StepInputs:
     """A step's batch on the training device: latents, condition_latents float32 `[B, 16, T, h, w]` (the clip and
-    its condition video, VAE-encoded); text `[B, 512, D]` and clip_tokens `[B, 257, 1280]` in the model's dtype."""
+    its condition video, VAE-encoded); text `[B, 512, D]` and clip_tokens `[B, 257, 1280]` in the model's dtype
+    (None for a DiT without image tokens, Wan2.2-A14B)."""
 
     latents: torch.Tensor
     condition_latents: torch.Tensor
     text: torch.Tensor
-    clip_tokens: torch.Tensor
+    clip_tokens: torch.Tensor | None
 
 
 class ErftStep:
@@ -41,6 +43,8 @@ class ErftStep:
         model, optimizer: the PEFT-wrapped transformer and AdamW over `parameters`, both `accelerator.prepare`d.
         dtype: the base weights' dtype; the model input is cast to it, as the sampler does.
         seed: the run's seed; step n draws from (seed, process, n).
+        positions: int64 `[M]`, the positions on the training grid σ is drawn from (`TrainConfig.training_positions`:
+            a Wan2.2 expert's share); None: all of them.
     """
 
     def __init__(
@@ -53,11 +57,15 @@ class ErftStep:
         dtype: torch.dtype,
         max_grad_norm: float,
         seed: int,
+        positions: torch.Tensor | None = None,
     ):
         self.accelerator, self.model, self.optimizer, self.parameters = accelerator, model, optimizer, parameters
         self.recycler, self.dtype, self.max_grad_norm, self.seed = recycler, dtype, max_grad_norm, seed
         self.sigmas = training_sigmas()
+        # The weight stays the whole grid's (mean 1 over all 1000 steps), so an expert's steps weigh what they
+        # weigh in a one-DiT run.
         self.weights = timestep_weights(self.sigmas)
+        self.positions = torch.arange(len(self.sigmas)) if positions is None else positions.to("cpu", torch.int64)
 
     def __call__(self, inputs: StepInputs, step: int) -> tuple[dict, PreparedStep]:
         """One optimiser step (0-based `step`). The record: step (1-based), loss (averaged over processes), σ of
@@ -65,7 +73,9 @@ class ErftStep:
         accelerator, device = self.accelerator, self.accelerator.device
         generator = torch.Generator().manual_seed(derived_seed(self.seed, "step", accelerator.process_index, step))
         noise = torch.randn(inputs.latents.shape, generator=generator).to(device)
-        index = torch.randint(len(self.sigmas), (inputs.latents.shape[0],), generator=generator)
+        # Drawn as an entry of `positions`: over the whole grid that entry is the draw itself, the draws of runs
+        # (and checkpoints) from before experts existed.
+        index = self.positions[torch.randint(len(self.positions), (inputs.latents.shape[0],), generator=generator)]
         sigma = self.sigmas[index].to(device, torch.float32)
         prepared = self.recycler.prepare(inputs.latents, noise, inputs.condition_latents, sigma)
         velocity, target, loss, grad_norm = self.update(inputs, prepared, sigma, index)

@@ -2,7 +2,8 @@
 
 Defaults are the authors' released training scripts (`recipe: released`); `recipe: paper` takes the paper's
 Table 9 values where they differ (learning rate 2e-5 against 1e-4, motion-frame probability 0.95 against 0.9,
-warm-up 20 against 50 steps). Relative paths are relative to the folder the command runs in.
+warm-up 20 against 50 steps). `expert: high` or `low` trains one expert of Wan2.2-I2V-A14B on its share of the
+timesteps (`experts.py`). Relative paths are relative to the folder the command runs in.
 """
 
 import dataclasses
@@ -14,7 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..modes import MODES
+from ..sampler import SVI_EXPERT_BOUNDARY
 from .dataset import PIXEL_CHAINED_MODES, ClipSettings, MissingCaption
+from .error_bank import grid_sigmas
+from .experts import Expert, expert_share
+from .loss import training_sigmas
 from .recycling import CLEAN_PROBABILITIES, Recipe, RecyclingSettings
 
 # A mode can be trained when its clips can be cut (pixel chaining) and error recycling has its authors' settings.
@@ -71,7 +76,15 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: Path = Field(description="local Wan2.1-I2V-14B-480P folder (diffusers or original layout)")
+    model: Path = Field(
+        description="local Wan2.1-I2V-14B-480P folder, or Wan2.2-I2V-A14B with expert (diffusers or original layout)"
+    )
+    expert: Expert = Field(
+        "none", description="none: a one-DiT model (Wan2.1); high or low: that expert of Wan2.2-I2V-A14B alone"
+    )
+    expert_boundary: float = Field(
+        SVI_EXPERT_BOUNDARY, gt=0, lt=1, description="the high expert owns timesteps ≥ 1000·this, the low one the rest"
+    )
     data: DataConfig
     output_dir: Path = Field(description="checkpoints/, logs/, and the final LoRA files go here")
     mode: Mode = Field(
@@ -125,6 +138,11 @@ class TrainConfig(BaseModel):
             )
         if self.resume not in ("auto", "none") and not Path(self.resume).is_dir():
             raise ValueError(f"resume must be auto, none, or an existing checkpoint folder; {self.resume} is none")
+        try:
+            self.training_positions()
+            self.test_grid_sigmas()
+        except ValueError as error:
+            raise ValueError(f"expert_boundary: {error}") from error
         return self
 
     # ---- what the settings mean ----------------------------------------------------------------------------------
@@ -144,6 +162,17 @@ class TrainConfig(BaseModel):
             return RecyclingSettings.for_recipe(self.recipe, self.mode, **self.recycling)
         except (TypeError, ValueError) as error:
             raise ValueError(f"recycling: {error}") from error
+
+    def training_positions(self) -> torch.Tensor:
+        """The positions on the 1000-step training grid (`loss.training_sigmas`) the run draws σ from: int64 `[M]`,
+        all of them, or the expert's share."""
+        return expert_share(training_sigmas(), self.expert, self.expert_boundary)
+
+    def test_grid_sigmas(self) -> torch.Tensor:
+        """The test-time sigmas the error banks keep a grid for: float64 `[G]`, the 50 of `error_bank.grid_sigmas`,
+        or the expert's share (21 high, 29 low at the default boundary)."""
+        sigmas = grid_sigmas(50)
+        return sigmas[expert_share(sigmas, self.expert, self.expert_boundary)]
 
     def dtype(self) -> torch.dtype:
         """The base weights' and embeddings' dtype: bfloat16 under bf16 mixed precision, else float32."""
@@ -165,10 +194,13 @@ class TrainConfig(BaseModel):
         The effective settings, so spelling a default out does not block a resume. Left out, free to change:
         folders (a run may resume after its data, model or bank files moved; the trainer checks the sample count),
         the length of the run, checkpointing, logging, workers, and gradient checkpointing (the same numbers).
+        The expert and its boundary count only for a Wan2.2 expert, so that one-DiT checkpoints written before
+        they existed still resume.
         """
         recycling = dataclasses.asdict(self.recycling_settings())
         recycling.pop("storage_dir")
-        return {
+        expert = {} if self.expert == "none" else {"expert": self.expert, "expert_boundary": self.expert_boundary}
+        return expert | {
             "mode": self.mode,
             "clip": dataclasses.asdict(self.clip_settings()),
             "recycling": recycling,

@@ -2,7 +2,8 @@
 
 `train(config)` loads the model, adds the LoRA, reads (or builds) the training clips, and runs `step.ErftStep`
 over every process's share of each epoch; checkpoints every `checkpoint_every` steps (`checkpoints.py`), resumes
-exactly from the newest one, and writes the final LoRA in SVI's released layout and in diffusers' layout.
+exactly from the newest one, and writes the final LoRA in SVI's released layout and in diffusers' layout. With
+`expert: high` or `low` it trains that expert of Wan2.2-I2V-A14B alone (`experts.py`), and the files say which.
 
 Launch: `svi train --config train.yaml` on one GPU, or `accelerate launch --num_processes 8 ...` (add
 `--config_file docs/accelerate-deepspeed.yaml` for DeepSpeed ZeRO-2). Gradients are averaged over processes;
@@ -31,7 +32,7 @@ from ..loading import load_wan_transformer
 from ..seeds import derived_seed
 from .checkpoints import ADAPTER_FILE, CheckpointFolder, TrainerState, recycler_file
 from .dataset import ClipDataset, read_video_index
-from .error_bank import grid_sigmas
+from .experts import EXPERT_DITS, EXPERT_FILE_TAGS, holds_two_experts
 from .latent_cache import LatentCacheDataset
 from .lora_training import (
     adapter_state_dict,
@@ -43,7 +44,14 @@ from .lora_training import (
 from .recycling import ErrorRecycler
 from .step import ErftStep
 from .train_config import TrainConfig, TrainConfigError
-from .training_data import TrainingClips, build_training_cache, cpu_pipeline, encoders_on, process_order
+from .training_data import (
+    TrainingClips,
+    build_training_cache,
+    cpu_pipeline,
+    encoders_on,
+    process_order,
+    take_trained_dit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +81,9 @@ ProgressCallback = Callable[[StepReport], None]
 class TrainResult:
     """A finished run: the LoRA in SVI's released layout (`lora_file`, what the engine loads) and in diffusers'
     layout (`diffusers_lora`, a folder), the steps done, every step's loss from step 1 (across resumes), the
-    per-step history, the error banks' final fill, and the checkpoint this call resumed from."""
+    per-step history, the error banks' final fill, and the checkpoint this call resumed from. A Wan2.2 expert's
+    are named for it: `svi-<mode>-high_noise.safetensors` and `diffusers-high_noise/` (or `low_noise`).
+    """
 
     lora_file: Path
     diffusers_lora: Path
@@ -100,6 +110,12 @@ class _Run:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        if config.expert != "none" and not holds_two_experts(config.model):
+            raise TrainConfigError(
+                f"expert: {config.expert} trains one expert of Wan2.2-I2V-A14B, but {config.model} holds no second "
+                "expert (no transformer_2/, high_noise_model/ or low_noise_model/): use expert: none for a one-DiT "
+                "model (Wan2.1), or give a Wan2.2-I2V-A14B folder"
+            )
         self.checkpoints = CheckpointFolder(config.output_dir / "checkpoints", config.keep_checkpoints)
         self.resume_from = self._checkpoint_to_resume()
         # Read once, here: bad data fails before the model loads.
@@ -163,15 +179,17 @@ class _Run:
                 )
             self.clips = TrainingClips(dataset)
         if pipe is None:
-            transformer = load_wan_transformer(config.model, self.dtype)
+            transformer = load_wan_transformer(config.model, self.dtype, EXPERT_DITS[config.expert])
             latent_shape = tuple(dataset[0].latents.shape)
         else:
             settings = config.clip_settings()
             spatial = pipe.vae_scale_factor_spatial
             latent_shape = (pipe.vae.config.z_dim, latent_frame_count(settings.num_frames))
             latent_shape += (settings.height // spatial, settings.width // spatial)
-            transformer = pipe.transformer
+            transformer = take_trained_dit(pipe, config.expert)
         del pipe, sampler  # in cached mode this frees the encoders; in raw mode self.clips keeps them
+        if isinstance(dataset, LatentCacheDataset):
+            self._check_image_tokens(dataset, transformer)
         parameters = add_training_lora(
             transformer,
             config.lora_rank,
@@ -183,10 +201,29 @@ class _Run:
         self.model, optimizer = accelerator.prepare(transformer, optimizer)
         accelerator.register_save_state_pre_hook(self._save_adapter)
         accelerator.register_load_state_pre_hook(self._load_adapter)
-        self.recycler = ErrorRecycler(config.recycling_settings(), latent_shape, grid_sigmas(50), config.seed)
+        self.recycler = ErrorRecycler(config.recycling_settings(), latent_shape, config.test_grid_sigmas(), config.seed)
         self.step = ErftStep(
-            accelerator, self.model, optimizer, parameters, self.recycler, self.dtype, config.max_grad_norm, config.seed
+            accelerator,
+            self.model,
+            optimizer,
+            parameters,
+            self.recycler,
+            self.dtype,
+            config.max_grad_norm,
+            config.seed,
+            positions=config.training_positions(),
         )
+
+    def _check_image_tokens(self, dataset: LatentCacheDataset, transformer: torch.nn.Module) -> None:
+        """A cache holds CLIP tokens exactly when its model's DiT takes them (Wan2.1, not Wan2.2-A14B). Without the
+        check a Wan2.1 DiT would read 257 text tokens as image tokens, and Wan2.2's fail deep in its forward."""
+        cached = dataset[0].clip_tokens is not None
+        if cached != (transformer.config.image_dim is not None):
+            raise TrainConfigError(
+                f"the latent cache {self.config.data.latent_cache} was encoded {'with' if cached else 'without'} CLIP "
+                f"image tokens, but the DiT of {self.config.model} takes {'none' if cached else 'them'}: a cache "
+                "belongs to one model, use another latent_cache folder"
+            )
 
     def _save_adapter(self, models: list, weights: list, folder: str) -> None:
         """accelerate's checkpoint writes every model's full state; SVI's needs only the LoRA (the base is frozen)."""
@@ -309,8 +346,9 @@ class _Run:
     def _finish(self, state: TrainerState) -> TrainResult:
         """The final LoRA in both layouts, written by the main process."""
         config = self.config
-        lora_file = config.output_dir / f"svi-{config.mode}.safetensors"
-        diffusers_lora = config.output_dir / DIFFUSERS_FOLDER
+        tag = EXPERT_FILE_TAGS[config.expert]
+        lora_file = config.output_dir / f"svi-{config.mode}{tag}.safetensors"
+        diffusers_lora = config.output_dir / f"{DIFFUSERS_FOLDER}{tag}"
         if self.accelerator.is_main_process:
             transformer = self.accelerator.unwrap_model(self.model)
             metadata = {

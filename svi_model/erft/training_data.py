@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 from accelerate import PartialState
-from diffusers import WanImageToVideoPipeline
+from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
 
 from ..conditioning import unit_range
 from ..loading import load_wan_pipeline
@@ -20,6 +20,7 @@ from ..sampler import ClipSampler
 from ..seeds import derived_seed
 from .augmentation import augment_condition_frames
 from .dataset import ClipDataset, DatasetError, TrainingSample, VideoItem, read_video_index
+from .experts import EXPERT_DITS, Expert
 from .latent_cache import CacheBuild, EncodedSample, LatentCacheDataset, build_latent_cache, encode_sample
 from .step import StepInputs
 from .train_config import TrainConfig
@@ -54,11 +55,13 @@ class TrainingClips:
         if self.sampler is not None:
             items = [encode_sample(self.sampler, self._augmented(item, generator)) for item in items]
         encoded: list[EncodedSample] = items
+        # A model without an image encoder (Wan2.2-A14B) has no CLIP tokens in any sample.
+        image = encoded[0].clip_tokens is not None
         return StepInputs(
             latents=torch.stack([e.latents for e in encoded]).to(device, torch.float32),
             condition_latents=torch.stack([e.condition_latents for e in encoded]).to(device, torch.float32),
             text=torch.stack([e.text_embeddings for e in encoded]).to(device, dtype),
-            clip_tokens=torch.stack([e.clip_tokens for e in encoded]).to(device, dtype),
+            clip_tokens=torch.stack([e.clip_tokens for e in encoded]).to(device, dtype) if image else None,
         )
 
     def _augmented(self, sample: TrainingSample, generator: torch.Generator) -> TrainingSample:
@@ -80,10 +83,24 @@ def cpu_pipeline(config: TrainConfig) -> WanImageToVideoPipeline:
     return load_wan_pipeline(config.model, device="cpu", transformer_dtype=dtype, text_encoder_dtype=dtype)
 
 
+def take_trained_dit(pipe: WanImageToVideoPipeline, expert: Expert) -> WanTransformer3DModel:
+    """The DiT a run trains, out of `pipe`: its one DiT (expert none), or the chosen Wan2.2 expert.
+
+    The other expert is dropped from the pipeline (which only encodes from now on): raw mode keeps the pipeline
+    for the whole run, and an A14B expert takes 28 GB in bf16.
+    """
+    transformer = getattr(pipe, EXPERT_DITS[expert])
+    if expert != "none":
+        setattr(pipe, EXPERT_DITS["low" if expert == "high" else "high"], None)
+    return transformer
+
+
 def encoders_on(pipe: WanImageToVideoPipeline, device: torch.device) -> ClipSampler:
-    """A sampler whose frozen encoders (VAE, UMT5, CLIP) run on `device`; the transformer stays where it is."""
+    """A sampler whose frozen encoders (VAE, UMT5, and CLIP where the model has one) run on `device`; the
+    transformers stay where they are."""
     for encoder in (pipe.vae, pipe.text_encoder, pipe.image_encoder):
-        encoder.to(device)
+        if encoder is not None:
+            encoder.to(device)
     return ClipSampler(pipe)
 
 
