@@ -57,9 +57,13 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _film_request(args: argparse.Namespace):
+    """The request the flags make, its files checked before a Prefect server is started for it."""
+    from pipeline.input_checks import check_inputs
     from pipeline.request import FilmRequest
 
-    return FilmRequest(**given_fields(args))
+    request = FilmRequest(**given_fields(args))
+    check_inputs(request)
+    return request
 
 
 def _film(args: argparse.Namespace) -> None:

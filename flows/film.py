@@ -30,6 +30,7 @@ from flows.task_results import RESULTS
 from pipeline.assemble import assemble_run, join_run_chapters
 from pipeline.cache_folder import clip_store_folder
 from pipeline.hashing import content_digest, file_sha256
+from pipeline.input_checks import check_inputs
 from pipeline.request import FilmRequest, start_run
 from pipeline.retrieve import RetrieveRequest, choose_references, normalise_reference, retrieve_images
 from pipeline.run_folder import RunFolder
@@ -176,6 +177,9 @@ def demo_model(folder: Path) -> Path:
 
 
 def _start_run(request: FilmRequest) -> RunFolder:
+    """The run folder, once every file the request names is usable (a bad path found later would leave a request
+    in the run folder that the corrected command then meets as "another film")."""
+    check_inputs(request)
     return start_run(request, on_overwrite=get_run_logger().warning)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.assemble import assemble_run, stitched_clips, write_film
+from pipeline.input_checks import check_inputs
 from pipeline.request import FilmRequest, start_run
 from pipeline.retrieve import normalise_reference
 from pipeline.synthesize import ClipResult, loaded_sampler, render_clips
@@ -47,6 +48,7 @@ def describe(request: FilmRequest, out: Path) -> str:
 
 def generate_film(request: FilmRequest, out: Path) -> Path:
     """Render (or finish rendering) the film of `request`, assemble it, and place it at `out`; returns `out`."""
+    check_inputs(request)
     prompts = request.own_prompt_stream()
     job = request.clip_job(prompts)
     run = start_run(request)

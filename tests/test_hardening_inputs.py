@@ -1,0 +1,56 @@
+"""Bad files in a request are found before anything starts or is written: no Prefect run, no request in the run
+folder, so the corrected command is not refused as "another film"."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import flows.film  # noqa: F401  (Prefect sets up its log handlers on import: on the real stderr, not a captured one)
+from flows.cli import main
+from svi_model.tiny import save_tiny_model
+
+SMALL = ["--clips", "1", "--num-frames", "9", "--steps", "2", "--max-width", "128"]
+
+
+@pytest.fixture
+def picture(tmp_path):
+    path = tmp_path / "frame.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--images", "missing.png"], "missing.png does not exist"),
+        (["--prompts", "missing.txt"], "prompt file missing.txt does not exist"),
+        (["--model", "no-model"], "model folder no-model does not exist"),
+        (["--lora", "missing.safetensors"], "lora missing.safetensors does not exist"),
+        (["--stacked-loras", "gone.safetensors:0.5"], "stacked LoRA gone.safetensors does not exist"),
+        (["--backend", "qwen", "--qwen-model", "no-qwen"], "qwen_model no-qwen lacks the folder itself"),
+    ],
+)
+def test_a_bad_file_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch, flags, expected):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main(["film", "--run-dir", str(run), *SMALL, *flags]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and expected in error[0]
+    assert not run.exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_corrected_command_is_not_another_film(tmp_path, picture, monkeypatch):
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["film", "--run-dir", str(run), *SMALL, "--images", str(tmp_path / "frame.jpg")]) == 2
+    assert main(["film", "--run-dir", str(run), *SMALL, "--images", str(picture)]) == 0
+    assert (run / "film.mp4").is_file()
+
+
+def test_an_incomplete_model_folder_is_named_before_the_run(tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "model")
+    for part in (tmp_path / "model" / "vae").iterdir():
+        part.unlink()
+    assert main(["film", "--run-dir", str(tmp_path / "run"), *SMALL, "--model", model]) == 2
+    assert "vae" in capsys.readouterr().err and not (tmp_path / "run").exists()
