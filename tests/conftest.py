@@ -42,3 +42,12 @@ def sampler(tiny_pipe) -> ClipSampler:
 def reference() -> torch.Tensor:
     """A random uint8 reference frame [32, 48, 3] (sides multiples of 16)."""
     return torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture
+def seeds(monkeypatch) -> list[int]:
+    """The noise seed of every clip the model renders in this test, in order."""
+    calls = []
+    real = ClipSampler.render
+    monkeypatch.setattr(ClipSampler, "render", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
+    return calls

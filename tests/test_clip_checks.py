@@ -12,7 +12,6 @@ from flows.cli import main
 from pipeline.synthesize import CLIP_CHECKS, ClipCheck
 from pipeline.synthesize.checks import frozen_clip
 from svi_model.modes import mode_settings
-from svi_model.sampler import ClipSampler
 from svi_model.tiny import save_tiny_model
 
 
@@ -33,15 +32,6 @@ def first_render_fails():
     CLIP_CHECKS.register("first-fails", ClipCheck(judge, "fails the first clip it sees"))
     yield judged
     CLIP_CHECKS.unregister("first-fails")
-
-
-@pytest.fixture
-def seeds(monkeypatch):
-    """The noise seed of every render the model does."""
-    calls = []
-    real = ClipSampler.render
-    monkeypatch.setattr(ClipSampler, "render", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
-    return calls
 
 
 def test_frozen_clip_check():
