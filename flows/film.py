@@ -221,11 +221,13 @@ def _story(request: FilmRequest, run: RunFolder, picture: Path, timings: dict[st
         save_storyline(written, run.storyline)
         prompts = written.prompts
     if len(prompts) < request.clips and request.settings().prompt_mode == "stream":
+        remedy = (
+            f"write one for every clip in {request.storyline.prompts or 'the request'}"
+            if request.own_prompts()
+            else f"delete {run.storyline} to write one for every clip"
+        )
         get_run_logger().warning(
-            "%d prompts for %d clips: the stream starts over (delete %s to write one for every clip)",
-            len(prompts),
-            request.clips,
-            run.storyline,
+            "%d prompts for %d clips: the stream starts over (%s)", len(prompts), request.clips, remedy
         )
     timings["storyline"] = time.perf_counter() - start
     return prompts

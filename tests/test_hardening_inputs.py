@@ -54,3 +54,23 @@ def test_an_incomplete_model_folder_is_named_before_the_run(tmp_path, capsys):
         part.unlink()
     assert main(["film", "--run-dir", str(tmp_path / "run"), *SMALL, "--model", model]) == 2
     assert "vae" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ((100, 10000), "10000x100 is too wide for its height: at 128 px wide it is 0 px tall"),
+        ((1, 1), "1x1 is too small for a film"),
+    ],
+)
+def test_a_picture_no_film_can_start_from_is_named_with_its_problem(tmp_path, capsys, size, expected):
+    path = tmp_path / "odd.png"
+    Image.fromarray(np.zeros((*size, 3), np.uint8)).save(path)
+    assert main(["film", "--run-dir", str(tmp_path / "run"), *SMALL, "--images", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{path}: an image of {expected}" in error
+
+
+def test_a_folder_given_as_a_picture_says_it_is_a_folder(tmp_path, capsys):
+    assert main(["film", "--run-dir", str(tmp_path / "run"), *SMALL, "--images", str(tmp_path)]) == 2
+    assert f"image {tmp_path} is a folder" in capsys.readouterr().err

@@ -26,16 +26,35 @@ class ImageInputError(ValueError):
 
 def film_size(width: int, height: int, max_width: int = MAX_WIDTH) -> tuple[int, int]:
     """(width, height) of the film for an image of this size: width capped, sides floored to multiples of 16."""
-    if width > max_width:
-        height, width = int(max_width * height / width), max_width
-    width, height = width // 16 * 16, height // 16 * 16
-    if width < 16 or height < 16:
-        raise ImageInputError(f"an image of {width}x{height} is too small for a film: each side needs 16 px or more")
-    return width, height
+    film_width, film_height = (max_width, int(max_width * height / width)) if width > max_width else (width, height)
+    film_width, film_height = film_width // 16 * 16, film_height // 16 * 16
+    if film_width < 16 or film_height < 16:
+        if width > max_width:
+            raise ImageInputError(
+                f"an image of {width}x{height} is too wide for its height: at {max_width} px wide it is "
+                f"{film_height} px tall, and each side needs 16 px or more; crop it closer to the film's 16:9 shape"
+            )
+        raise ImageInputError(
+            f"an image of {width}x{height} is too small for a film: each side needs 16 px or more; give a larger one"
+        )
+    return film_width, film_height
+
+
+def _film_size_of(path: Path, image: Image.Image, max_width: int) -> tuple[int, int]:
+    """`film_size` of the picture at `path`, its errors naming the file."""
+    try:
+        return film_size(*image.size, max_width=max_width)
+    except ImageInputError as err:
+        raise ImageInputError(f"{path}: {err}") from None
 
 
 def _open_upright_rgb(path: Path) -> Image.Image:
     """The image at `path`, EXIF orientation applied (phone photos are stored sideways), as RGB."""
+    if path.is_dir():
+        raise ImageInputError(
+            f"image {path} is a folder: give picture files, or choose among its pictures with --source folder "
+            f"--folder {path}"
+        )
     if not path.is_file():
         raise ImageInputError(f"image {path} does not exist: give the path of a PNG or JPEG file")
     try:
@@ -51,7 +70,7 @@ def load_reference(path: str | os.PathLike, max_width: int = MAX_WIDTH) -> torch
     EXIF orientation is applied (phone photos are stored sideways) and any mode becomes RGB.
     """
     image = _open_upright_rgb(Path(path))
-    size = film_size(*image.size, max_width=max_width)
+    size = _film_size_of(Path(path), image, max_width)
     return torch.from_numpy(np.asarray(image.resize(size, Image.BICUBIC)).copy())
 
 
@@ -72,7 +91,7 @@ def normalise_reference(
         raise ValueError(f"mode={mode!r}: normalise with 'fit' (keep the whole picture) or 'crop' (exactly 832x480)")
     image = _open_upright_rgb(Path(path))
     if mode == "fit":
-        image = image.resize(film_size(*image.size, max_width=max_width), Image.BICUBIC)
+        image = image.resize(_film_size_of(Path(path), image, max_width), Image.BICUBIC)
     else:
         image = ImageOps.fit(image, film_size(*FILM_SIZE, max_width=max_width), Image.BICUBIC)
     with atomic_path(out_path) as tmp:
