@@ -6,6 +6,7 @@ chaining, CLIP tokens of a motion frame), so the denoising loop is ours; it mirr
 which `tests/test_parity.py` checks against diffusers' own pipeline.
 """
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SVI_EXPERT_BOUNDARY = 0.875
 
 StepCallback = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,6 +134,14 @@ class ClipSampler:
         if prompt in self._text_cache:
             self._text_cache.move_to_end(prompt)
             return self._text_cache[prompt]
+        tokens = len(self.pipe.tokenizer(prompt, add_special_tokens=True).input_ids)
+        if tokens > TEXT_TOKENS:
+            log.warning(
+                "prompt %r… is %d tokens long: the text encoder reads the first %d, the rest is cut off",
+                prompt[:60],
+                tokens,
+                TEXT_TOKENS,
+            )
         embeds, _ = self.pipe.encode_prompt(
             prompt, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS, device=self.device
         )

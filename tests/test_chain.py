@@ -210,3 +210,14 @@ def test_svi2_conditions_on_the_last_frame_then_the_anchor_everywhere(reference)
     assert torch.equal(later.latents[:, 0], tail[0].permute(2, 0, 1).float() / 127.5 - 1)
     assert torch.equal(later.latents[:, 1:], anchor[:, None].expand(3, 12, *anchor.shape[1:]))
     assert torch.equal(later.image_encoder_frame, tail[0])
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_named(sampler, caplog):
+    long_prompt = "a red ball rolls across the grass " * 120
+    with caplog.at_level("WARNING", logger="svi_model.sampler"):
+        sampler.text_embeddings(long_prompt)
+    assert "tokens long: the text encoder reads the first 512" in caplog.text and "'a red ball rolls" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="svi_model.sampler"):
+        sampler.text_embeddings("a red ball")
+    assert caplog.text == ""
