@@ -13,6 +13,8 @@ import base64
 import io
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -177,10 +179,16 @@ def demo_model(folder: Path) -> Path:
 
 
 def _start_run(request: FilmRequest) -> RunFolder:
-    """The run folder, once every file the request names is usable (a bad path found later would leave a request
-    in the run folder that the corrected command then meets as "another film")."""
-    check_inputs(request)
     return start_run(request, on_overwrite=get_run_logger().warning)
+
+
+@contextmanager
+def _claimed_run_folder(request: FilmRequest) -> Iterator[None]:
+    """Every file the request names checked (a bad path found later would leave a request in the run folder that
+    the corrected command then meets as "another film"), then the run folder held for this run alone."""
+    check_inputs(request)
+    with RunFolder(request.output.run_dir).claimed():
+        yield
 
 
 def _pictures(request: FilmRequest, run: RunFolder, timings: dict[str, float]) -> list[Path]:
@@ -250,16 +258,22 @@ def _chapters(
 @flow(name="prompts", log_prints=True)
 def prompts(request: FilmRequest = FilmRequest()) -> list[Path]:
     """Only the storylines: retrieve the pictures and write storyline.yaml (per chapter), to edit before rendering."""
-    run = _start_run(request)
-    chapters = _chapters(request, run, {})
-    for chapter, chapter_run, picture in chapters:
-        _story(chapter, chapter_run, picture, {})
-    return [chapter_run.storyline for _, chapter_run, _ in chapters]
+    with _claimed_run_folder(request):
+        run = _start_run(request)
+        chapters = _chapters(request, run, {})
+        for chapter, chapter_run, picture in chapters:
+            _story(chapter, chapter_run, picture, {})
+        return [chapter_run.storyline for _, chapter_run, _ in chapters]
 
 
 @flow(name="film", log_prints=True)
 def film(request: FilmRequest = FilmRequest()) -> Path:
     """Make one film (its chapters joined with a crossfade); returns the path of film.mp4 in the run folder."""
+    with _claimed_run_folder(request):
+        return _film(request)
+
+
+def _film(request: FilmRequest) -> Path:
     run = _start_run(request)
     if request.uses_random_weights():
         get_run_logger().warning("demo profile without a model: tiny RANDOM weights, the pictures will be noise")

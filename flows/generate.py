@@ -16,6 +16,7 @@ from pipeline.assemble import assemble_run, stitched_clips, write_film
 from pipeline.input_checks import check_inputs
 from pipeline.request import FilmRequest, start_run
 from pipeline.retrieve import normalise_reference
+from pipeline.run_folder import RunFolder
 from pipeline.synthesize import ClipResult, loaded_sampler, render_clips
 from svi_model.atomic_files import place_file
 
@@ -49,6 +50,11 @@ def describe(request: FilmRequest, out: Path) -> str:
 def generate_film(request: FilmRequest, out: Path) -> Path:
     """Render (or finish rendering) the film of `request`, assemble it, and place it at `out`; returns `out`."""
     check_inputs(request)
+    with RunFolder(request.output.run_dir).claimed():
+        return _generate(request, out)
+
+
+def _generate(request: FilmRequest, out: Path) -> Path:
     prompts = request.own_prompt_stream()
     job = request.clip_job(prompts)
     run = start_run(request)

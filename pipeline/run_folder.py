@@ -13,11 +13,14 @@ runs/<name>/
 """
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -25,9 +28,31 @@ from svi_model.atomic_files import atomic_path
 from svi_model.chain import ChainState
 
 
+class RunFolderInUse(ValueError):
+    """Another run holds the run folder; nothing in it was touched."""
+
+
 @dataclass(frozen=True)
 class RunFolder:
     root: Path
+
+    @contextmanager
+    def claimed(self) -> Iterator["RunFolder"]:
+        """Hold the run folder for one run (a lock on `.lock` in it): a second run on the same folder fails at once
+        instead of racing the first on every file. The OS releases the lock when the holder dies, so a killed run
+        never leaves its folder held."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.root / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunFolderInUse(
+                f"{self.root} is in use by another run: wait for it to finish, or choose another --run-dir"
+            ) from None
+        try:
+            yield self
+        finally:
+            lock.release()
 
     @property
     def request(self) -> Path:

@@ -3,6 +3,7 @@ folder, so the corrected command is not refused as "another film"."""
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 import flows.film  # noqa: F401  (Prefect sets up its log handlers on import: on the real stderr, not a captured one)
@@ -74,3 +75,19 @@ def test_a_picture_no_film_can_start_from_is_named_with_its_problem(tmp_path, ca
 def test_a_folder_given_as_a_picture_says_it_is_a_folder(tmp_path, capsys):
     assert main(["film", "--run-dir", str(tmp_path / "run"), *SMALL, "--images", str(tmp_path)]) == 2
     assert f"image {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_a_run_folder_another_run_holds_is_refused_at_once(tmp_path, picture, capsys):
+    model = save_tiny_model(tmp_path / "model")
+    prompts = tmp_path / "story.txt"
+    prompts.write_text("a red ball rests on the grass\n")
+    run = tmp_path / "film.clips"
+    run.mkdir()
+    args = ["generate", "--images", str(picture), "--prompts", str(prompts), "--model", model, "--device", "cpu",
+            "--num-frames", "9", "--steps", "2", "--out", str(tmp_path / "film.mp4")]  # fmt: skip
+    with FileLock(run / ".lock"):  # another run is rendering into it
+        assert main(args) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error == f"error: {run} is in use by another run: wait for it to finish, or choose another --run-dir"
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert main(args) == 0  # once it is free
