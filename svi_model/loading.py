@@ -31,7 +31,7 @@ from .original_checkpoints import (
 )
 from .schedule import SVIFlowMatchScheduler
 
-OFFLOAD_MODES = ("none", "model", "group")
+OFFLOAD_MODES = ("none", "model", "group", "experts")
 LAYOUT_NAMES = {
     "diffusers": "diffusers layout (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers, Wan-AI/Wan2.2-I2V-A14B-Diffusers)",
     "original": "original Wan release layout (Wan-AI/Wan2.1-I2V-14B-480P, Wan-AI/Wan2.2-I2V-A14B)",
@@ -281,7 +281,9 @@ def load_wan_pipeline(
     noise; the original layout's `high_noise_model/` and `low_noise_model/`) without one.
 
     `offload`: "none" puts every module on `device`; "model" moves whole modules to `device` while they run;
-    "group" streams the transformer blocks (and the encoders' layers) one at a time. Both offloads need a GPU.
+    "group" streams the transformer blocks (and the encoders' layers) one at a time; "experts" (two-expert models)
+    keeps everything on `device` but the low-noise expert, which waits on the CPU: the sampler swaps the two at the
+    boundary (`ClipSampler(swap_experts=True)`), so one 14B expert is on the GPU at a time. Offloads need a GPU.
     `components_folder`: a diffusers-layout folder supplying `text_encoder/`, `tokenizer/`, `image_encoder/`,
     `image_processor/` where `folder` lacks them (needed for the original layout, whose T5/CLIP files diffusers
     cannot read). The scheduler is always `SVIFlowMatchScheduler()`. Raises ModelFolderError, listing every missing
@@ -333,6 +335,11 @@ def load_wan_pipeline(
         pipe.vae.enable_tiling()
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
+    elif offload == "experts":
+        if pipe.transformer_2 is None:
+            raise ValueError(f"offload 'experts' is for models with two experts; {folder} has one: use none or model")
+        pipe.to(device)
+        pipe.transformer_2.to("cpu")
     elif offload == "group":
         pipe.enable_group_offload(
             onload_device=torch.device(device),

@@ -105,7 +105,8 @@ class ClipSampler:
 
     Two experts (a pipeline with `transformer_2`, Wan2.2-A14B): the high-noise `transformer` predicts while the
     timestep is at or above `boundary`·1000, the low-noise `transformer_2` below it, in one Euler loop; `boundary`
-    defaults to `SVI_EXPERT_BOUNDARY`, not the folder's `boundary_ratio`.
+    defaults to `SVI_EXPERT_BOUNDARY`, not the folder's `boundary_ratio`. `swap_experts`: only the expert that is
+    denoising sits on the execution device, the other on the CPU (the pipeline loaded with offload "experts").
     """
 
     def __init__(
@@ -113,9 +114,11 @@ class ClipSampler:
         pipe: WanImageToVideoPipeline,
         negative_prompt: str = SVI_NEGATIVE_PROMPT,
         boundary: float | None = None,
+        swap_experts: bool = False,
     ):
         self.pipe = pipe
         self.negative_prompt = negative_prompt
+        self.swap_experts = swap_experts
         two_experts = getattr(pipe, "transformer_2", None) is not None
         self.boundary = (SVI_EXPERT_BOUNDARY if boundary is None else boundary) if two_experts else None
         self._schedulers: dict[float, SVIFlowMatchScheduler] = {}
@@ -247,6 +250,8 @@ class ClipSampler:
         negative_embeds = None if negative_embeds is None else negative_embeds.to(dtype)
         transformers = (self.pipe.transformer, getattr(self.pipe, "transformer_2", None))
         for i, (t, expert) in enumerate(zip(scheduler.timesteps, experts, strict=True)):
+            if self.swap_experts and (i == 0 or expert != experts[i - 1]):
+                self._only_on_device(transformers[expert], transformers[1 - expert])
             transformer, scale = transformers[expert], scales[expert]
             model_input = torch.cat([latents, condition], dim=1).to(dtype)
             velocity = predict_velocity(transformer, model_input, t.expand(1), prompt_embeds, image_embeds)
@@ -257,6 +262,11 @@ class ClipSampler:
             if on_step is not None:
                 on_step(i + 1, steps)
         return latents[0].float()
+
+    def _only_on_device(self, active: torch.nn.Module, waiting: torch.nn.Module) -> None:
+        """Put the waiting expert on the CPU first (freeing its memory), then the active one on the device."""
+        waiting.to("cpu")
+        active.to(self.device)
 
     @torch.no_grad()
     def render(

@@ -297,3 +297,24 @@ def test_the_quality_tier_and_unset_recipe_fields_keep_clip_keys():
     assert quality.shift is None and quality.high_noise_steps is None
     assert not {"shift", "high_noise_steps"} & set(quality.clip_fields())
     assert FilmRequest(speed="lightning").settings().clip_fields()["shift"] == 8.0
+
+
+def test_with_swapped_experts_only_the_denoising_one_is_moved_to_the_device():
+    pipe = wan22_pipe()
+    moves = []
+    for name in ("transformer", "transformer_2"):
+        module = getattr(pipe, name)
+        real_to = module.to
+        module.to = lambda device, name=name, real_to=real_to: moves.append((name, str(device))) or real_to(device)
+    sampler = ClipSampler(pipe, swap_experts=True)
+    settings = mode_settings("pro", num_frames=9, steps=6)
+    renderer = FilmRenderer(sampler, settings, REFERENCE, ["a red ball"])
+    list(renderer.clips(2))
+    # Per clip: the low-noise expert off the device and the high-noise one on it, then the other way at step 3.
+    one_clip = [("transformer_2", "cpu"), ("transformer", "cpu"), ("transformer", "cpu"), ("transformer_2", "cpu")]
+    assert moves == one_clip * 2
+
+
+def test_experts_offload_needs_a_gpu_like_the_other_offloads(tmp_path):
+    with pytest.raises(ValueError, match="needs a GPU"):
+        load_wan_pipeline(save_tiny_model(tmp_path / "wan22", wan22=True), offload="experts")

@@ -19,7 +19,7 @@ from svi_model.sampler import ClipSampler
 from ..hashing import file_sha256, folder_fingerprint
 
 Dtype = Literal["auto", "bf16", "fp32"]
-Offload = Literal["none", "model", "group"]
+Offload = Literal["none", "model", "group", "experts"]
 
 
 class StackedLora(BaseModel):
@@ -154,5 +154,5 @@ def loaded_sampler(spec: EngineSpec) -> ClipSampler:
                 apply_lora(transformer, read_lora_file(lora), scale=scale, fuse=spec.fuse_lora)
             # Only one model of this size fits: a different spec replaces the loaded one.
             _samplers.clear()
-            _samplers[spec] = ClipSampler(pipe, boundary=spec.boundary)
+            _samplers[spec] = ClipSampler(pipe, boundary=spec.boundary, swap_experts=spec.offload == "experts")
         return _samplers[spec]
