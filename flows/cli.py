@@ -44,6 +44,7 @@ def _demo(args: argparse.Namespace) -> None:
     from pipeline.request import FilmRequest
     from pipeline.run_folder import RunFolder
 
+    _check_prefect_server()
     print(
         "DEMO: keywords -> bundled picture -> template storyline -> tiny RANDOM weights (built offline) -> film. "
         "It runs every stage of the real flow, but the pictures are noise, not a story. "
@@ -63,7 +64,25 @@ def _film_request(args: argparse.Namespace):
 
     request = FilmRequest(**given_fields(args))
     check_inputs(request)
+    _check_prefect_server()
     return request
+
+
+def _check_prefect_server() -> None:
+    """With PREFECT_API_URL set, the server must answer now: Prefect itself would retry for a minute and end in
+    pages of connection tracebacks."""
+    import httpx
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as err:
+        raise ValueError(
+            f"the Prefect server at PREFECT_API_URL={url} does not answer ({type(err).__name__}): start it with "
+            "`svi server`, or unset PREFECT_API_URL to run on a temporary local server"
+        ) from None
 
 
 def _film(args: argparse.Namespace) -> None:
@@ -103,6 +122,7 @@ def _server(args: argparse.Namespace) -> None:
 def _batch(args: argparse.Namespace) -> None:
     from flows.batch import batch
 
+    _check_prefect_server()
     for path in batch(args.file):
         print(f"wrote {path}")
 
@@ -196,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: what was finished is kept; run the same command again to go on", file=sys.stderr)
+        return 130
     return 0
 
 

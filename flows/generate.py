@@ -24,6 +24,8 @@ from svi_model.atomic_files import place_file
 def generate_request(fields: dict[str, Any], out: Path) -> FilmRequest:
     """The film request of `svi generate`: profile `wan` unless given, one picture, the user's prompts (one clip each
     unless `clips` is given), and the run folder `OUT.clips/` unless given."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the film's file name, e.g. --out {out / 'film.mp4'}")
     request = FilmRequest(**{"profile": "wan", "run_dir": out.with_suffix(".clips"), **fields})
     if len(request.retrieve.images) != 1:
         raise ValueError("svi generate renders from one picture: give --images FILE (svi film takes several)")

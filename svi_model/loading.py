@@ -196,12 +196,31 @@ def _checked_layout(folder: Path, components_folder: Path | None) -> str:
         advice = ""
     else:
         raise _not_a_model_folder(folder)
+    if (other := _other_task(folder, layout)) is not None:
+        raise ModelFolderError(
+            f"model folder {folder} holds {other}; SVI needs an image-to-video model (Wan2.1-I2V-14B-480P or "
+            "Wan2.2-I2V-A14B, whose DiT takes 36 input channels: the noisy latents, a mask and the condition)"
+        )
     if missing:
         raise ModelFolderError(
             f"model folder {folder} is in the {LAYOUT_NAMES[layout]} but incomplete. Missing: {_listed(missing)}. "
             f"{advice}{NOTHING_DOWNLOADED}"
         )
     return layout
+
+
+def _other_task(folder: Path, layout: str) -> str | None:
+    """What the folder's DiT is made for, when its config says it is not image-to-video (a text-to-video model
+    is complete and loads, then fails in the first clip with a convolution shape error); None otherwise."""
+    if layout == "diffusers":
+        config = folder / "transformer" / "config.json"
+        channels = read_json(config).get("in_channels", 36) if config.is_file() else 36
+        return None if channels == 36 else f"a DiT with {channels} input channels (a text-to-video model)"
+    for dit in _original_dit_folders(folder).values():
+        config = read_json(dit / "config.json") if (dit / "config.json").is_file() else {}
+        if config.get("model_type", "i2v") != "i2v" or config.get("in_dim", 36) != 36:
+            return f"a {config.get('model_type', 'non-i2v')!r} DiT with {config.get('in_dim')} input channels"
+    return None
 
 
 def check_model_folder(folder: str | os.PathLike, components_folder: str | os.PathLike | None = None) -> str:

@@ -91,3 +91,41 @@ def test_a_run_folder_another_run_holds_is_refused_at_once(tmp_path, picture, ca
         assert error == f"error: {run} is in use by another run: wait for it to finish, or choose another --run-dir"
         assert sorted(p.name for p in run.iterdir()) == [".lock"]
     assert main(args) == 0  # once it is free
+
+
+def test_a_text_to_video_model_is_named_as_one_before_the_run(tmp_path, capsys):
+    model = tmp_path / "t2v"
+    save_tiny_model(model)
+    config = model / "transformer" / "config.json"
+    config.write_text(config.read_text().replace('"in_channels": 36', '"in_channels": 16'))
+    assert main(["film", "--run-dir", str(tmp_path / "run"), *SMALL, "--model", str(model)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a DiT with 16 input channels (a text-to-video model)" in error and "needs an image-to-video model" in error
+
+
+def test_a_dead_prefect_server_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # the discard port: nothing answers
+    assert main(["film", "--run-dir", str(tmp_path / "run"), *SMALL]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(error) == 1 and "the Prefect server at PREFECT_API_URL=http://127.0.0.1:9/api does not answer" in error[0]
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_generate_out_naming_a_folder_is_refused_before_rendering(tmp_path, picture, capsys):
+    prompts = tmp_path / "story.txt"
+    prompts.write_text("a red ball rests on the grass\n")
+    args = ["generate", "--images", str(picture), "--prompts", str(prompts), "--model", str(tmp_path / "none"),
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    assert f"--out {tmp_path} is a folder: give the film's file name" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("flows.cli._film", interrupted)  # as if Ctrl-C came while the film was being made
+    assert main(["film", "--run-dir", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == "interrupted: what was finished is kept; run the same command again to go on\n"
