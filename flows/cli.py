@@ -17,6 +17,7 @@ named as the field. Bad input ends with one `error:` line that names the input a
 """
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -161,6 +162,16 @@ def _one_line(err: Exception) -> str:
     return str(err)
 
 
+class _NoTracebackForBadInput(logging.Filter):
+    """Prefect logs a failed flow or task run with its traceback; for bad input (the errors `main` reports in one
+    line) the traceback only buries that line, so the record keeps its message and drops the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], _user_errors()):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class _OneLineErrors(argparse.ArgumentParser):
     """A bad flag is one `error:` line naming it, like every other bad input (not argparse's usage block)."""
 
@@ -211,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # --help, or a bad flag (already reported)
         return exit.code
+    for logger in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(logger).addFilter(_NoTracebackForBadInput())
     try:
         args.run(args)
     except _user_errors() as err:

@@ -129,3 +129,23 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("flows.cli._film", interrupted)  # as if Ctrl-C came while the film was being made
     assert main(["film", "--run-dir", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err == "interrupted: what was finished is kept; run the same command again to go on\n"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_bad_input_found_inside_a_flow_run_is_logged_without_a_traceback(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    run = [
+        "film",
+        "--run-dir",
+        str(tmp_path / "run"),
+        *SMALL,
+        "--source",
+        "folder",
+        "--folder",
+        str(tmp_path / "empty"),
+    ]
+    assert main(run) == 2
+    err = capfd.readouterr().err
+    assert "error: retrieval from folder for ['red ball'] found no candidate image" in err
+    assert "Traceback" not in err
