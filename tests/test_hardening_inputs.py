@@ -132,7 +132,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_bad_input_found_inside_a_flow_run_is_logged_without_a_traceback(tmp_path, capfd, monkeypatch):
+def test_bad_input_found_inside_a_flow_run_is_logged_without_a_traceback(tmp_path, caplog, capsys, monkeypatch):
     monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "empty").mkdir()
     run = [
@@ -145,7 +145,8 @@ def test_bad_input_found_inside_a_flow_run_is_logged_without_a_traceback(tmp_pat
         "--folder",
         str(tmp_path / "empty"),
     ]
-    assert main(run) == 2
-    err = capfd.readouterr().err
-    assert "error: retrieval from folder for ['red ball'] found no candidate image" in err
-    assert "Traceback" not in err
+    with caplog.at_level("ERROR", logger="prefect"):
+        assert main(run) == 2
+    failures = [record for record in caplog.records if "RetrievalError" in record.getMessage()]
+    assert failures and all(record.exc_info is None for record in failures)
+    assert "error: retrieval from folder for ['red ball'] found no candidate image" in capsys.readouterr().err
