@@ -1,10 +1,14 @@
 """The synthesize stage: clips into the run folder, reused by content key across runs and run folders."""
 
+import threading
+import time
+
 import pytest
 import torch
 
-from pipeline.run_folder import RunFolder, load_state, save_reference_png
-from pipeline.synthesize import ClipJob, ClipStore, EngineSpec, synthesize_clip
+from pipeline.run_folder import RunFolder, load_reference_png, load_state, save_reference_png
+from pipeline.synthesize import ClipJob, ClipStore, EngineSpec, loaded_sampler, run_clip_key, synthesize_clip
+from svi_model.chain import FilmRenderer
 from svi_model.modes import mode_settings
 from svi_model.sampler import ClipSampler
 from svi_model.tiny import save_tiny_model
@@ -77,3 +81,27 @@ def test_placing_a_stored_clip_again_leaves_no_temporary_file(tmp_path, referenc
     store.materialise(key, run, 0)  # the run folder's clip already is the stored file (a hard link)
     assert sorted(p.name for p in run.clips.iterdir()) == ["clip_0000.mkv", "clip_0000.state.safetensors"]
     assert run.clip(0).stat().st_ino == before == store.clip(key).stat().st_ino
+
+
+def test_two_runs_needing_the_same_clip_at_once_make_it_once(tmp_path, reference, engine, render_calls):
+    store = ClipStore(tmp_path / "store")
+    job = ClipJob(settings=mode_settings("film", num_frames=9, steps=2), prompts=PROMPTS, engine=engine)
+    other, mine = new_run(tmp_path / "other", reference), new_run(tmp_path / "mine", reference)
+    key = run_clip_key(mine, 0, job)
+    holding = threading.Event()
+
+    def other_run_making_it():
+        with store.making(key):  # the other run has begun this clip and holds its entry
+            holding.set()
+            time.sleep(1.0)
+            renderer = FilmRenderer(loaded_sampler(engine), job.settings, load_reference_png(other.reference), PROMPTS)
+            output, state = renderer.render_clip(0, None)
+            store.put(key, output.frames, state, job.fps)
+
+    thread = threading.Thread(target=other_run_making_it)
+    thread.start()
+    holding.wait()
+    result = synthesize_clip(mine, 0, job, store=store)  # waits for the other run, then takes its clip
+    thread.join()
+    assert result.reused and len(render_calls) == 1
+    assert torch.equal(read_clip(mine.clip(0)), read_clip(store.clip(key)))

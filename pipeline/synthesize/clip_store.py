@@ -5,15 +5,21 @@
 <key>/state.safetensors   what the next clip needs from it, sealed with what the clip is (`seals`); written last,
                           so a key with its state is complete
 .quarantine/<key>-<time>/ entries found damaged, moved aside (never reused; `svi cache --clear` frees them)
+
+Beside it, `<root>.locks/<key>.lock` is held while an entry is made, so runs that need the same clip at the same
+time make it once.
 """
 
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from svi_model.atomic_files import place_file, write_text_atomic
 from svi_model.chain import ChainState
@@ -49,6 +55,15 @@ class ClipStore:
         if damage is not None:
             self.quarantine(key, damage)
         return damage is None
+
+    @contextmanager
+    def making(self, key: str) -> Iterator[None]:
+        """Held while the entry `key` is made: another run making the same clip waits here, then finds it stored
+        (the locks live beside the store, so they are neither counted nor cleared with the clips)."""
+        locks = self.root.with_name(f"{self.root.name}.locks")
+        locks.mkdir(parents=True, exist_ok=True)
+        with FileLock(locks / f"{key}.lock"):
+            yield
 
     def quarantine(self, key: str, why: str) -> Path:
         """Move the entry `key` aside (never reused, kept for a look); returns where it went."""

@@ -90,6 +90,30 @@ def run_clip_key(run: RunFolder, k: int, job: ClipJob) -> str:
     return clip_key(k, job, *_clip_inputs(run, k))
 
 
+def _render_and_store(
+    k: int,
+    job: ClipJob,
+    store: ClipStore,
+    key: str,
+    reference: torch.Tensor,
+    previous: ChainState | None,
+    on_step: StepCallback | None,
+) -> None:
+    """Render clip `k` (again with the next attempt's seed while it fails a check) and store the last render."""
+    renderer = FilmRenderer(loaded_sampler(job.engine), job.settings, reference, job.prompts)
+    attempts = []
+    for attempt in range(job.max_attempts):
+        output, state = renderer.render_clip(k, previous, on_step, attempt=attempt)
+        found = verdicts(output.frames, job.checks)
+        failed = {name: why for name, why in found.items() if why}
+        seed = job.settings.seed_for(k, attempt)
+        attempts.append({"attempt": attempt, "seed": seed, "verdicts": found, "passed": not failed})
+        if not failed:
+            break
+        log.warning("clip %d attempt %d (seed %d) failed %s", k, attempt, seed, "; ".join(failed.values()))
+    store.put(key, output.frames, state, job.fps, attempts if job.checks else None)
+
+
 def synthesize_clip(
     run: RunFolder,
     k: int,
@@ -109,17 +133,10 @@ def synthesize_clip(
     key = key or clip_key(k, job, reference, previous)
     reused = store.has(key, job.settings.num_frames)
     if not reused:
-        renderer = FilmRenderer(loaded_sampler(job.engine), job.settings, reference, job.prompts)
-        attempts = []
-        for attempt in range(job.max_attempts):
-            output, state = renderer.render_clip(k, previous, on_step, attempt=attempt)
-            found = verdicts(output.frames, job.checks)
-            failed = {name: why for name, why in found.items() if why}
-            seed = job.settings.seed_for(k, attempt)
-            attempts.append({"attempt": attempt, "seed": seed, "verdicts": found, "passed": not failed})
-            if not failed:
-                break
-            log.warning("clip %d attempt %d (seed %d) failed %s", k, attempt, seed, "; ".join(failed.values()))
-        store.put(key, output.frames, state, job.fps, attempts if job.checks else None)
+        with store.making(key):
+            # Another run may have made it while this one waited for the lock.
+            reused = store.has(key, job.settings.num_frames)
+            if not reused:
+                _render_and_store(k, job, store, key, reference, previous, on_step)
     store.materialise(key, run, k)
     return ClipResult(k=k, key=key, reused=reused, attempts=store.attempts(key))
