@@ -2,6 +2,7 @@
 they hold and how to free them.
 
 clips/             finished clips by content key (the synthesize stage's clip store)
+clips.locks/       one small lock file per clip being (or once) made, so two runs make a clip once
 prefect-results/   the flows' persisted task results
 tiny-model/        the demo's tiny random model
 
