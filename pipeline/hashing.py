@@ -46,16 +46,27 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+# Where `hf download --local-dir` records each file's commit and etag (the SHA-256 of a large file's content).
+HF_DOWNLOAD_RECORDS = Path(".cache") / "huggingface" / "download"
+
+
 def folder_fingerprint(folder: Path) -> str:
     """A model folder's identity without reading 30 GB of weights: its resolved path, and every file's
-    relative name and size, plus the content of its small (config, index, tokenizer) files."""
+    relative name and size, plus the content of its small (config, index, tokenizer) files.
+
+    A large file is identified by its content hash where Hugging Face recorded it beside the download (that record
+    is one of the small files, so its content counts); without such a record its modification time stands in, so a
+    retrained file of the same size does not reuse clips made with the old one.
+    """
     folder = Path(folder).resolve()
     digest = hashlib.sha256(str(folder).encode())
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder)}:{size}".encode())
-        if size < (1 << 20):
+        stat, relative = path.stat(), path.relative_to(folder)
+        digest.update(f"{relative}:{stat.st_size}".encode())
+        if stat.st_size < (1 << 20):
             digest.update(path.read_bytes())
+        elif not (folder / HF_DOWNLOAD_RECORDS / f"{relative}.metadata").is_file():
+            digest.update(f":{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
