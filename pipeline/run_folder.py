@@ -131,7 +131,7 @@ def load_reference_png(path: Path) -> torch.Tensor:
 
 def save_state(state: ChainState, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Store a `ChainState` losslessly (safetensors, with `metadata` in its header), atomically."""
-    tensors = {name: value.contiguous() for name, value in vars(state).items() if value is not None}
+    tensors = {name: value.contiguous() for name, value in state.tensors().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 

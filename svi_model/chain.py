@@ -27,6 +27,10 @@ class ChainState:
     tail_frames: torch.Tensor | None = None
     last_latent: torch.Tensor | None = None
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state's tensors by field name, the unused one left out (what is stored, hashed and keyed)."""
+        return {name: value for name, value in vars(self).items() if value is not None}
+
 
 ClipCallback = Callable[[int, ClipOutput, ChainState], None]
 

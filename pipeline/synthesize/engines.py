@@ -150,8 +150,11 @@ def loaded_sampler(spec: EngineSpec) -> ClipSampler:
                 offload=spec.offload,
                 vae_tiling=spec.vae_tiling,
             )
-            for transformer, lora, scale in _loras_per_expert(spec, pipe):
-                apply_lora(transformer, read_lora_file(lora), scale=scale, fuse=spec.fuse_lora)
+            applications = _loras_per_expert(spec, pipe)
+            # A stacked LoRA for both experts is read once (a distill LoRA is about 1 GB).
+            files = {lora: read_lora_file(lora) for lora in dict.fromkeys(lora for _, lora, _ in applications)}
+            for transformer, lora, scale in applications:
+                apply_lora(transformer, files[lora], scale=scale, fuse=spec.fuse_lora)
             # Only one model of this size fits: a different spec replaces the loaded one.
             _samplers.clear()
             _samplers[spec] = ClipSampler(pipe, boundary=spec.boundary, swap_experts=spec.offload == "experts")

@@ -20,17 +20,13 @@ from ..run_folder import load_state, save_state
 SEAL_KEYS = ("clip_sha256", "clip_bytes", "clip_frames", "state_digest")
 
 
-def state_tensors(state: ChainState) -> dict:
-    return {name: value for name, value in vars(state).items() if value is not None}
-
-
 def save_sealed_state(state: ChainState, path: Path, clip: Path, frames: int) -> None:
     """Store `state` at `path` (atomically) sealed with what `clip` (of `frames` frames) is now."""
     seal = {
         "clip_sha256": file_sha256(clip),
         "clip_bytes": str(clip.stat().st_size),
         "clip_frames": str(frames),
-        "state_digest": tensor_digest(state_tensors(state)),
+        "state_digest": tensor_digest(state.tensors()),
     }
     save_state(state, path, metadata=seal)
 
@@ -71,6 +67,6 @@ def clip_damage(clip: Path, state_path: Path, frames: int) -> str | None:
         return "its clip's content changed since it was stored (SHA-256 differs)"
     if int(seal["clip_frames"]) != frames:
         return f"it holds {seal['clip_frames']} frames where the request makes {frames}"
-    if tensor_digest(state_tensors(state)) != seal["state_digest"]:
+    if tensor_digest(state.tensors()) != seal["state_digest"]:
         return "its state's tensors changed since they were stored"
     return None

@@ -67,15 +67,11 @@ def clip_key(k: int, job: ClipJob, reference: torch.Tensor, previous: ChainState
         "seed": settings.seed_for(k),
         "fps": float(job.fps),  # 16 and 16.0 are the same film
         "reference": tensor_digest({"reference": reference}),
-        "previous": None if previous is None else tensor_digest(_state_tensors(previous)),
+        "previous": None if previous is None else tensor_digest(previous.tensors()),
     }
     if job.checks:  # without checks the key is what it was before checks existed, so stored clips still match
         fields["checks"] = {"names": list(job.checks), "max_attempts": job.max_attempts}
     return content_digest(fields)
-
-
-def _state_tensors(state: ChainState) -> dict[str, torch.Tensor]:
-    return {name: value for name, value in vars(state).items() if value is not None}
 
 
 def _clip_inputs(run: RunFolder, k: int) -> tuple[torch.Tensor, ChainState | None]:
