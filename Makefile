@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/svi demo --keywords "red ball" --clips 3 --run-dir runs/demo
+	$(BIN)/svi demo --keywords "red ball" --clips 6 --run-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,7 @@
 
     svi generate --mode film --images frame.jpg --prompts story.txt --clips 10 --model weights/Wan2.1-I2V-14B-480P \
                  --lora weights/svi-film-opt-10212025.safetensors --out film.mp4
-    svi demo                 # the embedded default: `svi film` offline on the CPU with tiny random weights
+    svi demo                 # the embedded default: `svi film` offline on the CPU with the toy-world demo model
     svi film --keywords "red ball" --clips 3 --run-dir runs/red-ball     # the Prefect flow (offline by default)
     svi prompts --keywords "red ball" --clips 3 --run-dir runs/red-ball  # the storyline only, to edit
     svi assemble --run-dir runs/red-ball                                 # film, subtitles, storyboard again
@@ -46,13 +46,17 @@ def _demo(args: argparse.Namespace) -> None:
     from pipeline.run_folder import RunFolder
 
     _check_prefect_server()
+    request = FilmRequest(keywords=args.keywords, clips=args.clips, run_dir=args.run_dir)
+    if request.uses_random_weights():
+        model = "tiny RANDOM weights (no demo model folder): the pictures will be noise, not a story"
+    else:
+        model = f"the demo model trained on the toy world ({request.engine().model}), 112x64"
     print(
-        "DEMO: keywords -> bundled picture -> template storyline -> tiny RANDOM weights (built offline) -> film. "
-        "It runs every stage of the real flow, but the pictures are noise, not a story. "
+        f"DEMO: keywords -> bundled picture -> template storyline -> {model} -> film. "
         "For a real film, see 'A real SVI film on a GPU' in README.md.",
         flush=True,
     )
-    path = film(FilmRequest(keywords=args.keywords, clips=args.clips, run_dir=args.run_dir))
+    path = film(request)
     run = RunFolder(path.parent)
     for made in (run.film, run.subtitles, run.storyboard, run.manifest, run.storyline):
         print(f"wrote {made}")
@@ -134,6 +138,35 @@ def _train(args: argparse.Namespace) -> None:
     print(f"wrote {run_training(args.config)}")
 
 
+def _eval_drift(args: argparse.Namespace) -> None:
+    from svi_model.demo_model import LORA_FILE, SHIPPED_FOLDER
+    from svi_model.drift.benchmark import run_drift_benchmark
+    from svi_model.drift.evaluate import Variant
+
+    model = args.model or SHIPPED_FOLDER
+    variants = [_variant(text) for text in args.variant] or [Variant("base"), Variant("erft", model / LORA_FILE)]
+    erft = next((v for v in variants if v.name == "erft"), None)
+    if args.sweep and erft is None:
+        raise ValueError("--sweep scales the variant named erft: add --variant erft=LORA.safetensors")
+    variants += [Variant(f"erft@{scale}", erft.lora, scale) for scale in args.sweep if scale != erft.scale]
+    for variant in variants:
+        if variant.lora is not None and not variant.lora.is_file():
+            raise FileNotFoundError(f"variant {variant.name}: no LoRA file {variant.lora}")
+    for path in run_drift_benchmark(model, variants, args.films, args.clips, args.steps, args.out):
+        print(f"wrote {path}")
+
+
+def _variant(text: str):
+    """`NAME=FILE[@SCALE]` or `NAME=none` (the base alone) as a drift-evaluation Variant."""
+    from svi_model.drift.evaluate import Variant
+
+    name, _, rest = text.partition("=")
+    lora, _, scale = rest.rpartition("@") if "@" in rest else (rest, "", "1")
+    if not name or not lora:
+        raise ValueError(f"--variant {text}: write NAME=LORA.safetensors[@SCALE], or NAME=none for the base alone")
+    return Variant(name, None if lora == "none" else Path(lora), float(scale))
+
+
 def _cache(args: argparse.Namespace) -> None:
     from pipeline.cache_folder import cache_usage, clear_cache
 
@@ -189,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--out", type=Path, default=Path("film.mp4"), help="output MP4 (run folder: OUT.clips/)")
     add_request_flags(generate)
     generate.set_defaults(run=_generate)
-    demo = commands.add_parser("demo", help="the embedded default: keywords to film, offline, CPU, random weights")
+    demo = commands.add_parser(
+        "demo", help="the embedded default: keywords to film, offline, CPU, the toy-world demo model"
+    )
     demo.add_argument("--keywords", nargs="+", default=["red ball"])
-    demo.add_argument("--clips", type=int, default=3)
+    demo.add_argument("--clips", type=int, default=6)
     demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     demo.set_defaults(run=_demo)
     film = commands.add_parser("film", help="keywords (or pictures) to film, as a Prefect flow")
@@ -218,6 +253,23 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="Error-Recycling Fine-Tuning: make an SVI LoRA (see docs/train.yaml)")
     train.add_argument("--config", type=Path, required=True, help="train.yaml")
     train.set_defaults(run=_train)
+    evaluate = commands.add_parser("eval", help="benchmarks of a model's films").add_subparsers(
+        dest="what", required=True
+    )
+    drift = evaluate.add_parser("drift", help="chained toy-world films per variant, drift measured clip by clip")
+    drift.add_argument("--model", type=Path, help="a toy-world model folder (default: the shipped demo model)")
+    drift.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=LORA[@SCALE] or NAME=none (default: base, erft)",
+    )
+    drift.add_argument("--sweep", type=float, nargs="*", default=[], help="more strengths of the erft variant")
+    drift.add_argument("--films", type=int, default=10, help="held-out films (pictures and prompt streams)")
+    drift.add_argument("--clips", type=int, default=30, help="clips per film")
+    drift.add_argument("--steps", type=int, default=20, help="sampling steps per clip")
+    drift.add_argument("--out", type=Path, default=Path("bench/results"))
+    drift.set_defaults(run=_eval_drift)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # --help, or a bad flag (already reported)

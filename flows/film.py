@@ -45,7 +45,7 @@ from svi_model.tiny import save_tiny_model
 RETRIEVE_VERSION = "retrieve-2"
 GPU_TAG = "gpu"
 GPU_TAG_SWITCH = "SVI_GPU_TAG"
-STORYLINE_VERSION = "storyline-1"
+STORYLINE_VERSION = "storyline-2"
 
 
 # ---------------------------------------------------------------- retrieve: keywords or pictures → reference.png

@@ -8,8 +8,9 @@ groups by name.
 
 Profiles (`PROFILES`): the values a field left unset (None) takes.
 - `demo` (default): offline and on the CPU. Bundled pictures matched by keyword, the template storyline, and the
-  small bundled model (until the trained one ships: tiny random weights, built offline in a second; the film's
-  pictures are then noise, and the run says so). Short clips (33 frames, 8 steps) at 416 px wide.
+  small demo model trained here on the toy world (`svi_model.demo_model`, shipped in `assets/demo_model/` with
+  its SVI LoRA; where that folder is missing, tiny random weights, and the run says so). The demo model's own
+  clips: 33 frames at 112×64, 20 steps, no guidance.
 - `wan`: real weights from local folders: Wan2.1-I2V-14B-480P (`model`), an SVI LoRA (`lora`), Qwen2.5-VL
   (`qwen_model`) or an OpenAI-compatible server (`openai_base_url`) for the storyline, Bing for pictures; the
   paper's settings (81 frames, 50 steps, CFG 5) at 832 px wide on the GPU.
@@ -25,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from svi_model.atomic_files import write_text_atomic
 from svi_model.conditioning import Padding
+from svi_model.demo_model import LORA_FILE as DEMO_LORA_FILE
+from svi_model.demo_model import demo_model_folder
 from svi_model.modes import MODE_NAMES, FilmSettings, PromptMode, Stitch, mode_settings
 from svi_model.speeds import SPEED_NAMES, SPEEDS
 
@@ -39,8 +42,12 @@ from .synthesize import ClipJob, EngineSpec
 from .synthesize.checks import CheckName
 from .synthesize.engines import Dtype, Offload
 
+# The demo's clips are the demo model's own: 33 frames at 112×64, 20 steps without guidance (it was never trained
+# on an empty prompt, so there is nothing to guide away from).
 PROFILES: dict[str, dict[str, Any]] = {
-    "demo": dict(source="bundled", backend="template", device="cpu", num_frames=33, steps=8, max_width=416),
+    "demo": dict(
+        source="bundled", backend="template", device="cpu", num_frames=33, steps=20, guidance_scale=1.0, max_width=112
+    ),
     "wan": dict(source="bing", backend="qwen", num_frames=81, steps=50, max_width=832),
 }
 Profile = Literal[tuple(PROFILES)]
@@ -283,12 +290,18 @@ class FilmRequest(BaseModel):
         return mode_settings(self.render.mode, **{**SPEEDS[self.render.speed], **overrides})
 
     def engine(self) -> EngineSpec:
-        """The model and how it is placed: the demo renders the tiny model unless given one."""
+        """The model and how it is placed. Unless given a model, the demo renders the shipped demo model with its
+        SVI LoRA (or, where that folder is missing, the tiny random one)."""
         render = self.render
-        model = render.model or (tiny_model_folder() if self.profile == "demo" else None)
         # The engine's settings are the render fields of the same name (model and device are resolved here).
         shared = set(EngineSpec.model_fields) & set(RenderOptions.model_fields) - {"model", "device"}
         fields = render.model_dump(include=shared)
+        model = render.model
+        if model is None and self.profile == "demo":
+            shipped = demo_model_folder()
+            model = shipped or tiny_model_folder()
+            if shipped is not None and render.lora is None:
+                fields["lora"] = shipped / DEMO_LORA_FILE
         return EngineSpec(model=model, **fields, **({"device": render.device} if render.device else {}))
 
     def clip_job(self, prompts: list[str]) -> ClipJob:
@@ -311,8 +324,8 @@ class FilmRequest(BaseModel):
         return StorylineRequest(clips=self.clips, keywords=self.keywords, device=self.render.device, **fields)
 
     def uses_random_weights(self) -> bool:
-        """True when the demo renders with tiny random weights (no model folder given)."""
-        return self.profile == "demo" and self.render.model is None
+        """True when the demo renders with tiny random weights (no model folder given, none shipped)."""
+        return self.profile == "demo" and self.render.model is None and demo_model_folder() is None
 
 
 def save_run_request(request: FilmRequest, run: RunFolder) -> None:

@@ -37,10 +37,11 @@ deformed disfigured misshapen limbs fused picture messy three legs many backward
 _CHARACTERS = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()&/")
 
 
-def tiny_tokenizer() -> T5Tokenizer:
-    """A UMT5-layout tokenizer (`<pad>`=0, `</s>`=1, `<unk>`=2) over a fixed unigram vocabulary."""
+def tiny_tokenizer(words: tuple[str, ...] = ()) -> T5Tokenizer:
+    """A UMT5-layout tokenizer (`<pad>`=0, `</s>`=1, `<unk>`=2) over a fixed unigram vocabulary, plus `words`
+    (a model trained on a known language, the toy world's, gets one token per word of it)."""
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [("\u2581" + word, -3.0) for word in dict.fromkeys(_WORDS)]
+    vocab += [("\u2581" + word, -3.0) for word in dict.fromkeys([*_WORDS, *words])]
     vocab += [(char, -6.0) for char in _CHARACTERS]
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
@@ -49,37 +50,47 @@ def tiny_tokenizer() -> T5Tokenizer:
 WAN22_BOUNDARY_RATIO = 0.9
 
 
-def tiny_transformer(seed: int, image_tokens: bool = True) -> WanTransformer3DModel:
-    """A tiny random Wan I2V DiT: 2 blocks x 2 heads x 12 dims, 36 in / 16 out channels, text 32, and (Wan2.1)
-    CLIP image tokens of width 16 with their added K/V projections."""
+def tiny_transformer(
+    seed: int,
+    image_tokens: bool = True,
+    heads: int = 2,
+    head_dim: int = 12,
+    ffn_dim: int = 32,
+    layers: int = 2,
+    rope_max_seq_len: int = 64,
+) -> WanTransformer3DModel:
+    """A small random Wan I2V DiT: by default 2 blocks x 2 heads x 12 dims, 36 in / 16 out channels, text 32 (the
+    tiny UMT5's width), 2x2 patches, and (Wan2.1) CLIP image tokens of width 16 with their added K/V projections.
+    The demo model's DiT is this at a larger size (`svi_model.demo_model.recipe`)."""
     torch.manual_seed(seed)
-    image = dict(image_dim=16, added_kv_proj_dim=24) if image_tokens else {}
+    image = dict(image_dim=16, added_kv_proj_dim=heads * head_dim) if image_tokens else {}
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
         in_channels=36,
         out_channels=16,
         text_dim=32,
         freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
+        ffn_dim=ffn_dim,
+        num_layers=layers,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         eps=1e-6,
-        rope_max_seq_len=64,
+        rope_max_seq_len=rope_max_seq_len,
         **image,
     )
 
 
-def tiny_components(seed: int = 0, wan22: bool = False) -> dict:
+def tiny_components(seed: int = 0, wan22: bool = False, words: tuple[str, ...] = ()) -> dict:
     """Random tiny components in eval mode, keyed as `WanImageToVideoPipeline` expects them.
 
     Sizes: transformer 2 blocks x 2 heads x 12 dims (36 in / 16 out channels, text 32, image 16), VAE base 3,
     UMT5 d_model 32, CLIP ViT with 32x32 input and 8x8 patches (17 tokens of width 16; the real one is 257x1280).
     wan22: two experts without image tokens and no image encoder (Wan2.2-I2V-A14B's shape).
+    words: extra whole-word tokens (`tiny_tokenizer`).
     """
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(words)
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(
         UMT5Config(

@@ -4,6 +4,9 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Reusable work (clip store, Prefect results) goes to a throwaway folder, never the user's ~/.cache/svi-film.
 os.environ["SVI_CACHE_DIR"] = tempfile.mkdtemp(prefix="svi-test-cache-")
+# Films in tests render with tiny random weights (seconds), not the shipped demo model; tests of the demo model
+# name its folder. Set here, so `svi` subprocesses inherit it.
+os.environ["SVI_DEMO_MODEL"] = "random"
 
 import pytest
 import torch

@@ -1,8 +1,9 @@
 """The bundled picture library (`assets/images`): the offline default source, matched to keywords by tags.
 
-`library.yaml` maps each picture's file name to the things it shows. A picture scores one point per keyword word
-that is one of its tags (case-insensitive, plurals folded: "balls" finds "ball"); the best scores come first, the
-library's own order breaks ties.
+`library.yaml` maps each picture's file name to the things it shows (a subfolder may hold a set with its own
+`library.yaml`: `toyworld/` holds pictures of the toy world the demo model knows). A picture scores one point per
+keyword word that is one of its tags (case-insensitive, plurals folded: "balls" finds "ball"); the best scores
+come first, the library's own order breaks ties.
 """
 
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import yaml
 
 LIBRARY = Path(__file__).resolve().parents[2] / "assets" / "images"
+LIBRARY_FILE = "library.yaml"
 
 
 def singular(word: str) -> str:
@@ -30,12 +32,19 @@ def keyword_words(keywords: list[str]) -> set[str]:
 
 
 def read_library(library: str | os.PathLike = LIBRARY) -> dict[str, list[str]]:
-    """File name → tags, in the order `library.yaml` lists them."""
-    path = Path(library) / "library.yaml"
-    entries = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(entries, dict) or not all(isinstance(tags, list) for tags in entries.values()):
-        raise ValueError(f"{path} must map each image file name to a list of tags")
-    return {name: [str(tag) for tag in tags] for name, tags in entries.items()}
+    """File name (relative to `library`) → tags: first each subfolder's own `library.yaml` (sorted by folder; the
+    toy world's pictures, which the demo model was trained on, come first that way), then the folder's own, each
+    in the order it lists them."""
+    library = Path(library)
+    parts = [(f"{folder.name}/", folder) for folder in sorted(library.iterdir()) if (folder / LIBRARY_FILE).is_file()]
+    entries: dict[str, list[str]] = {}
+    for prefix, folder in [*parts, ("", library)]:
+        path = folder / LIBRARY_FILE
+        listed = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(listed, dict) or not all(isinstance(tags, list) for tags in listed.values()):
+            raise ValueError(f"{path} must map each image file name to a list of tags")
+        entries |= {prefix + name: [str(tag) for tag in tags] for name, tags in listed.items()}
+    return entries
 
 
 def match_library(keywords: list[str], library: str | os.PathLike = LIBRARY) -> tuple[list[Path], bool]:

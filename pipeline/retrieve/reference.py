@@ -12,12 +12,15 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from svi_model.atomic_files import atomic_path
 
 MAX_WIDTH = 832
 # The size the released SVI LoRAs were trained at; "crop" normalisation produces exactly this.
 FILM_SIZE = (MAX_WIDTH, 480)
+# PNG's standard keyword for what a picture shows.
+DESCRIPTION_KEY = "Description"
 
 
 class ImageInputError(ValueError):
@@ -64,6 +67,17 @@ def _open_upright_rgb(path: Path) -> Image.Image:
         raise ImageInputError(f"{path} is not a readable image ({err}): give a PNG or JPEG file") from err
 
 
+def picture_description(path: str | os.PathLike) -> str | None:
+    """The text a PNG says about itself (its "Description" text chunk, as the toy world's pictures carry their
+    caption), or None: another format, no description, or an unreadable file (reading it is reported elsewhere)."""
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(DESCRIPTION_KEY)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        return None
+    return text.strip() if isinstance(text, str) and text.strip() else None
+
+
 def load_reference(path: str | os.PathLike, max_width: int = MAX_WIDTH) -> torch.Tensor:
     """Read an image file as the film's first frame: uint8 `[H, W, 3]` at `film_size`.
 
@@ -85,7 +99,7 @@ def normalise_reference(
     "fit" keeps the whole picture: width capped at `max_width`, aspect kept, sides floored to multiples of 16 (the
     authors' recipe; 1920×1080 → 832×464). "crop" cuts the centre to the 832:480 shape the LoRAs were trained at
     and resizes to exactly 832×480 (to `film_size(832, 480, max_width)` for a smaller film). Both apply the EXIF
-    orientation first and resize with bicubic filtering.
+    orientation first and resize with bicubic filtering. A picture's description (`picture_description`) is kept.
     """
     if mode not in ("fit", "crop"):
         raise ValueError(f"mode={mode!r}: normalise with 'fit' (keep the whole picture) or 'crop' (exactly 832x480)")
@@ -94,6 +108,10 @@ def normalise_reference(
         image = image.resize(_film_size_of(Path(path), image, max_width), Image.BICUBIC)
     else:
         image = ImageOps.fit(image, film_size(*FILM_SIZE, max_width=max_width), Image.BICUBIC)
+    description = picture_description(path)
+    info = PngInfo()
+    if description is not None:
+        info.add_text(DESCRIPTION_KEY, description)
     with atomic_path(out_path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", pnginfo=info)
     return image.size

@@ -4,10 +4,16 @@ This is the demo profile's default and is NOT a language model: it never looks a
 keyword as the subject and the others as the setting, and walks a fixed bank of beats (camera moves, wind, light),
 cycled in order. Each beat is "state + motion", and its state is where the previous beat's motion left the scene,
 so the stream reads as one continuous shot. The same request always gives the same prompts.
+
+A toy-world picture (`svi_model.toyworld`) describes itself; for one, the template speaks the world's grammar
+instead ("a small red ball rolls right on a striped green background", ...), as the demo model was trained on.
 """
 
 from pathlib import Path
 
+from svi_model.toyworld.story import prompt_stream, read_still_caption
+
+from ..retrieve.reference import picture_description
 from .replies import ReplyError, checked_prompts
 from .request import Storyline, StorylineError, StorylineRequest
 
@@ -64,8 +70,17 @@ def template_prompts(clips: int, keywords: list[str], style: str | None = None, 
 
 
 def template_storyline(image: Path, request: StorylineRequest) -> Storyline:
-    """The template's prompt stream for the request (the picture is not looked at)."""
-    prompts = template_prompts(request.clips, request.keywords, request.style, request.genre)
+    """The template's prompt stream for the request (the picture's pixels are not looked at).
+
+    A toy-world picture (one whose description reads as a still toy-world caption) gets a stream in the world's
+    own grammar, the only language the demo model was trained on; any other picture gets the keyword beats.
+    """
+    description = picture_description(image)
+    world = read_still_caption(description) if description is not None else None
+    if world is not None:
+        prompts = prompt_stream(*world, request.clips)
+    else:
+        prompts = template_prompts(request.clips, request.keywords, request.style, request.genre)
     try:
         prompts = checked_prompts(prompts, request.clips, request.min_prompt_chars, request.max_prompt_chars)
     except ReplyError as problem:

@@ -9,7 +9,7 @@ Dataset, read by `svi_model.erft.dataset.read_video_index` (one category per mot
 
 Pictures, read by `pipeline.retrieve.bundled.read_library`:
 
-    folder/<index>-<size>-<colour>-<shape>.png    frame 0 of a scene
+    folder/<index>-<size>-<colour>-<shape>.png    frame 0 of a scene; its PNG Description is `state_caption`
     folder/library.yaml                           file name → tags (`captions.tags`)
 
 Both are deterministic: scene i is the i-th `random_scene` drawn from `np.random.default_rng(seed)`, so the same
@@ -27,16 +27,19 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from ..video_files import write_clip
-from .captions import caption, tags
+from .captions import caption, state_caption, tags
 from .render import render_frames
 from .scene import random_scene
 
 MIXKIT_HEADER = ("Video Title", "Video Description", "Video URL", "Download URL", "Filename")
 SCENES_FILE = "scenes.jsonl"
 LIBRARY_FILE = "library.yaml"
+# PNG's standard keyword for what a picture shows (`pipeline.retrieve.reference` reads the same one).
+DESCRIPTION_KEY = "Description"
 # The pictures a retrieval by "red ball" must find: the project's default keywords.
 RED_BALL = ({"colour": "red", "shape": "ball"},)
 
@@ -112,7 +115,10 @@ def write_pictures(
         scene = random_scene(rng, **choices)
         toy = scene.toy
         path = folder / f"{index:03d}-{toy.size}-{toy.colour}-{toy.shape}.png"
-        Image.fromarray(render_frames(scene, 1, height, width)[0]).save(path)
+        # The picture carries its caption (PNG's Description), so the template storyline can continue it.
+        info = PngInfo()
+        info.add_text(DESCRIPTION_KEY, state_caption(scene))
+        Image.fromarray(render_frames(scene, 1, height, width)[0]).save(path, pnginfo=info)
         library[path.name] = tags(scene)
         paths.append(path)
     header = f"# Toy-world pictures ({height}x{width}, seed {seed}) and their tags: colour, shape, size, pattern.\n"
