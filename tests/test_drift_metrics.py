@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from svi_model.drift import (
+    METRICS,
     clip_metrics,
     colour_drift,
     dynamic_degree,
@@ -134,15 +135,7 @@ def test_clip_metrics_one_dict_per_clip_measured_on_new_frames():
     # Blur the overlap frames of clip 1: they are not shown in the film, so no metric but the seam may see them.
     second[:5] = np.stack([cv2.GaussianBlur(frame, (0, 0), 3) for frame in second[:5]])
     results = clip_metrics([first, second], film[0], toy_colour="red")
-    keys = {
-        "colour_drift",
-        "sharpness_ratio",
-        "ssim_to_reference",
-        "dynamic_degree",
-        "seam_discontinuity",
-        "toy_area_ratio",
-        "toy_colour_error",
-    }
+    keys = set(METRICS)
     assert len(results) == 2
     assert all(set(metrics) == keys for metrics in results)
     assert results[0]["seam_discontinuity"] is None

@@ -2,6 +2,7 @@
 the toy world's ground truth (`metrics`)."""
 
 from .metrics import (
+    METRICS,
     clip_metrics,
     colour_drift,
     dynamic_degree,
@@ -14,6 +15,7 @@ from .metrics import (
 )
 
 __all__ = [
+    "METRICS",
     "clip_metrics",
     "colour_drift",
     "dynamic_degree",

@@ -23,7 +23,7 @@ from ..modes import mode_settings
 from ..sampler import ClipSampler
 from ..toyworld import random_scene, render_frames
 from ..toyworld.story import prompt_stream
-from .metrics import clip_metrics
+from .metrics import METRICS, clip_metrics
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,6 @@ log = logging.getLogger(__name__)
 HELD_OUT_SEED = 20261201
 # Which clips the contact sheet shows (the last clip is added).
 CONTACT_CLIPS = (0, 10, 25)
-METRICS = (
-    "colour_drift",
-    "sharpness_ratio",
-    "ssim_to_reference",
-    "dynamic_degree",
-    "seam_discontinuity",
-    "toy_area_ratio",
-    "toy_colour_error",
-)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,16 @@ from skimage.metrics import structural_similarity
 from svi_model.toyworld.render import DARK, LIGHT, MARKER_SHADE
 from svi_model.toyworld.scene import COLOURS
 
+# What `clip_metrics` reports per clip (the last two only with a toy colour).
+METRICS = (
+    "colour_drift",
+    "sharpness_ratio",
+    "ssim_to_reference",
+    "dynamic_degree",
+    "seam_discontinuity",
+    "toy_area_ratio",
+    "toy_colour_error",
+)
 # Added to both sides of a ratio, so that two zeros (flat frames, a frozen clip) read as 1, "unchanged", not as a
 # division by zero; negligible next to any visible change or texture.
 RATIO_EPSILON = 1e-6
