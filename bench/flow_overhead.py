@@ -37,6 +37,9 @@ def main() -> None:
 
     import torch
 
+    # Tiny random weights, as the figures were always measured (and so that building them below writes to the
+    # cache's tiny-model folder, never over the shipped demo model).
+    os.environ["SVI_DEMO_MODEL"] = "random"
     from flows.film import film
     from pipeline.request import FilmRequest
     from pipeline.run_folder import RunFolder, load_reference_png, save_reference_png
