@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.request import FilmRequest
 from pipeline.retrieve.bundled import match_library
@@ -63,8 +64,6 @@ def test_the_template_continues_a_world_picture_in_its_grammar(tmp_path):
 
 def test_the_template_keeps_its_keyword_beats_for_other_pictures(tmp_path):
     other = tmp_path / "plain.png"
-    from PIL import Image
-
     Image.new("RGB", (112, 64), (10, 120, 200)).save(other)
     prompts = template_storyline(other, StorylineRequest(clips=2, keywords=["lighthouse"])).prompts
     assert all("lighthouse" in prompt for prompt in prompts)

@@ -15,12 +15,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from svi_model.atomic_files import atomic_path
+from svi_model.toyworld.files import DESCRIPTION_KEY
 
 MAX_WIDTH = 832
 # The size the released SVI LoRAs were trained at; "crop" normalisation produces exactly this.
 FILM_SIZE = (MAX_WIDTH, 480)
-# PNG's standard keyword for what a picture shows.
-DESCRIPTION_KEY = "Description"
 
 
 class ImageInputError(ValueError):

@@ -22,7 +22,7 @@ from ..erft.step import ErftStep
 from ..erft.training_data import TrainingClips, process_order
 from ..seeds import derived_seed
 from . import phase_checkpoint
-from .recipe import DemoRecipe, demo_transformer
+from .recipe import DemoRecipe, demo_transformer, learning_rate_factor
 
 WARMUP_STEPS = 100
 
@@ -55,7 +55,7 @@ def train_base(
         order = process_order(len(dataset), epoch, recipe.seed, 1, 0)[position * recipe.base_batch :]
         for items in clips.batches(order, recipe.base_batch, 0, epoch):
             for group in optimizer.param_groups:
-                group["lr"] = recipe.base_learning_rate * _warmup_cosine(done, recipe.base_steps)
+                group["lr"] = recipe.base_learning_rate * learning_rate_factor(done, recipe.base_steps, WARMUP_STEPS)
             generator = torch.Generator().manual_seed(derived_seed(recipe.seed, "base", done))
             record, _ = step(clips.inputs(items, generator, accelerator.device, torch.float32), done)
             done += 1
@@ -68,11 +68,3 @@ def train_base(
                 break
     bar.close()
     return transformer.eval(), losses
-
-
-def _warmup_cosine(step: int, total: int, floor: float = 0.1) -> float:
-    """The learning-rate factor at `step`: a linear warm-up over WARMUP_STEPS, then half a cosine down to `floor`."""
-    if step < WARMUP_STEPS:
-        return (step + 1) / WARMUP_STEPS
-    progress = (step - WARMUP_STEPS) / max(1, total - WARMUP_STEPS)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

@@ -7,6 +7,7 @@ and a 30-step clip renders in a few seconds. The phase lengths are step counts (
 weights); on 2 cores the whole recipe takes about 80 minutes (see the README's figures).
 """
 
+import math
 from dataclasses import dataclass
 
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -75,6 +76,15 @@ class DemoRecipe:
             lora_rank=4,
             checkpoint_every=2,
         )
+
+
+def learning_rate_factor(step: int, total: int, warmup: int = 0, floor: float = 0.1) -> float:
+    """A phase's learning-rate factor at `step` of `total`: a linear warm-up over `warmup` steps, then half a cosine
+    from 1 down to `floor`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
 def demo_vae() -> AutoencoderKLWan:

@@ -20,7 +20,7 @@ from ..conditioning import unit_range
 from ..seeds import derived_seed
 from ..toyworld import random_scene, render_frames
 from . import phase_checkpoint
-from .recipe import HEIGHT, NUM_FRAMES, VIDEO_FRAMES, WIDTH, DemoRecipe, demo_vae
+from .recipe import HEIGHT, NUM_FRAMES, VIDEO_FRAMES, WIDTH, DemoRecipe, demo_vae, learning_rate_factor
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def train_vae(recipe: DemoRecipe, work: Path, progress: bool = True) -> Autoenco
         long = step >= recipe.vae_steps
         for group in optimizer.param_groups:
             group["lr"] = (
-                recipe.vae_long_learning_rate if long else recipe.vae_learning_rate * _cosine(step, recipe.vae_steps)
+                recipe.vae_long_learning_rate
+                if long
+                else recipe.vae_learning_rate * learning_rate_factor(step, recipe.vae_steps)
             )
         frames, batch_size = (NUM_FRAMES, 1) if long else (recipe.vae_frames, recipe.vae_batch)
         batch = torch.stack(
@@ -94,11 +96,6 @@ def train_vae(recipe: DemoRecipe, work: Path, progress: bool = True) -> Autoenco
             log.info("VAE step %d: L1 %.4f, latent mean square %.3f", step + 1, reconstruction.item(), size.item())
     bar.close()
     return vae.eval()
-
-
-def _cosine(step: int, total: int, floor: float = 0.1) -> float:
-    """The learning-rate factor at `step`: 1 → `floor` along half a cosine."""
-    return float(floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))
 
 
 @torch.no_grad()

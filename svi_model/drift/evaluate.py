@@ -61,6 +61,11 @@ class VariantResult:
     seconds: float = 0.0
 
 
+def contact_clips(clips: int) -> list[int]:
+    """The clips a contact sheet shows: those of `CONTACT_CLIPS` the film has, and its last."""
+    return sorted({k for k in CONTACT_CLIPS if k < clips} | {clips - 1})
+
+
 def held_out_films(count: int, clips: int, height: int, width: int, seed: int = HELD_OUT_SEED) -> list[HeldOutFilm]:
     """`count` films of `clips` prompts each, from random still-camera scenes drawn from `seed`."""
     rng = np.random.default_rng(seed)
@@ -91,7 +96,7 @@ def evaluate_variant(
     started = time.perf_counter()
     sampler = variant_sampler(model, variant)
     settings = mode_settings("film", num_frames=num_frames, steps=steps, guidance_scale=1.0)
-    shown = sorted({k for k in CONTACT_CLIPS if k < clips} | {clips - 1})
+    shown = contact_clips(clips)
     per_film, contact = [], []
     bar = tqdm(total=len(films) * clips, desc=f"drift: {variant.name}", unit="clip", disable=not progress)
     for index, film in enumerate(films):

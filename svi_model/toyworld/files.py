@@ -38,7 +38,7 @@ from .scene import random_scene
 MIXKIT_HEADER = ("Video Title", "Video Description", "Video URL", "Download URL", "Filename")
 SCENES_FILE = "scenes.jsonl"
 LIBRARY_FILE = "library.yaml"
-# PNG's standard keyword for what a picture shows (`pipeline.retrieve.reference` reads the same one).
+# PNG's standard keyword for what a picture shows (`pipeline.retrieve.reference` reads it back).
 DESCRIPTION_KEY = "Description"
 # The pictures a retrieval by "red ball" must find: the project's default keywords.
 RED_BALL = ({"colour": "red", "shape": "ball"},)
