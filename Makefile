@@ -4,9 +4,12 @@
 # Each creates the virtual environment .venv on first use.
 
 PYTHON ?= python3
-# The CPU build of torch for the default set-up; an unpinned torch pulls several GB of CUDA wheels.
-# On a GPU machine: make TORCH="torch>=2.4" demo
-TORCH ?= torch==2.13.0
+# One environment for the CPU and the GPU: this torch/torchvision pair is a CUDA build that also runs on the CPU, and pip
+# takes both from the machine's local wheel store (an unpinned torch would download several GB of CUDA wheels).
+# torchvision is there for qwen-vl-utils and the Qwen2.5-VL processor; PyPI's torchvision does not import beside the
+# smaller CPU-only torch 2.13.0 file.
+TORCH ?= torch==2.14.1
+TORCHVISION ?= torchvision==0.29.1
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -16,7 +19,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(TORCH)" "$(TORCHVISION)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

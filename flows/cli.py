@@ -13,10 +13,12 @@
     svi cache [--clear]       # what $SVI_CACHE_DIR holds; free it (run folders keep their films and clips)
 
 `svi film`, `svi prompts` and `svi generate` take one flag per field of the film request (`pipeline.request`),
-named as the field. Bad input ends with one `error:` line that names the input and what to do, and exit code 2.
+named as the field. Bad input ends with one `error:` line that names the input and what to do, and exit code 2;
+what the machine could not do (GPU memory, a full disk, ffmpeg stopping) one `error:` line too, and exit code 1.
 """
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -42,11 +44,13 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from flows.film import film
+    from pipeline.input_checks import check_inputs
     from pipeline.request import FilmRequest
     from pipeline.run_folder import RunFolder
 
-    _check_prefect_server()
     request = FilmRequest(keywords=args.keywords, clips=args.clips, run_dir=args.run_dir)
+    check_inputs(request)
+    _check_prefect_server()
     if request.uses_random_weights():
         model = "tiny RANDOM weights (no demo model folder): the pictures will be noise, not a story"
     else:
@@ -118,10 +122,10 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _server(args: argparse.Namespace) -> None:
     # `prefect server start --port` does not move the address the UI calls (it stays :4200 unless told).
-    os.environ.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{args.port}/api")
+    os.environ.setdefault("PREFECT_UI_API_URL", f"http://{args.host}:{args.port}/api")
     # The prefect command beside this Python: `.venv/bin/svi server` works without the venv on PATH.
     prefect = str(Path(sys.executable).with_name("prefect"))
-    os.execv(prefect, [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(args.port)])
+    os.execv(prefect, [prefect, "server", "start", "--host", args.host, "--port", str(args.port)])
 
 
 def _batch(args: argparse.Namespace) -> None:
@@ -185,8 +189,22 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ValueError, ValidationError, FileNotFoundError)
 
 
+def _machine_problem(err: BaseException) -> bool:
+    """The machine failed the run, not the input (the GPU's memory, a full disk, ffmpeg stopping): one line too, but
+    exit code 1; the same command works once the machine allows it, and finished clips are kept."""
+    from pipeline.synthesize import GpuOutOfMemory
+    from svi_model.video_files import VideoWriteError
+
+    disk_full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return disk_full or isinstance(err, GpuOutOfMemory | VideoWriteError)
+
+
 def _one_line(err: Exception) -> str:
     from pydantic import ValidationError
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{err.strerror}{where}: free some space, then run the same command again (finished clips are kept)"
 
     if isinstance(err, ValidationError):
         return "; ".join(
@@ -196,11 +214,13 @@ def _one_line(err: Exception) -> str:
 
 
 class _NoTracebackForBadInput(logging.Filter):
-    """Prefect logs a failed flow or task run with its traceback; for bad input (the errors `main` reports in one
-    line) the traceback only buries that line, so the record keeps its message and drops the traceback."""
+    """Prefect logs a failed flow or task run with its traceback; for bad input and the machine's problems (the
+    errors `main` reports in one line) the traceback only buries that line, so the record keeps its message and
+    drops the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], _user_errors()):
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (isinstance(error, _user_errors()) or _machine_problem(error)):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -243,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(run=_serve)
     server = commands.add_parser("server", help="start the Prefect server and UI on 127.0.0.1")
     server.add_argument("--port", type=int, default=4200)
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default: this machine only; the UI has no login, so 0.0.0.0 opens it to "
+        "everyone on the network)",
+    )
     server.set_defaults(run=_server)
     batch = commands.add_parser("batch", help="make every film listed in a YAML file")
     batch.add_argument("file", type=Path)
@@ -281,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not _machine_problem(err):
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: what was finished is kept; run the same command again to go on", file=sys.stderr)
         return 130

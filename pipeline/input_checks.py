@@ -6,6 +6,8 @@ written makes the corrected command look like "another film". So every file the 
 cheaply (headers and folder listings, no weights read), and the run folder is written only after.
 """
 
+import errno
+import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -27,8 +29,32 @@ def _checked_lora(path: Path, what: str) -> None:
         raise ValueError(f"{what} {path} is not a readable .safetensors file ({error})") from error
 
 
+def check_run_folder_writable(run_dir: Path) -> None:
+    """Raise ValueError unless the run folder can be made and written to: its nearest existing folder must be a
+    folder (not a file) on a writable file system, writable by this user."""
+    existing = Path(run_dir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"run folder {run_dir} cannot be made: {existing} is a file; choose another --run-dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        problem = {
+            errno.EROFS: "is on a read-only file system",
+            errno.EACCES: "is not writable by this user",
+            errno.EPERM: "is not writable by this user",
+        }.get(error.errno, f"cannot be written to ({error.strerror})")
+        raise ValueError(
+            f"run folder {run_dir} cannot be written: {existing} {problem}; choose another --run-dir"
+        ) from None
+
+
 def check_inputs(request: FilmRequest) -> None:
-    """Raise a ValueError (or FileNotFoundError) naming the first file the request names that cannot be used."""
+    """Raise a ValueError (or FileNotFoundError) naming the first file the request names that cannot be used, or a
+    run folder that cannot be written."""
+    check_run_folder_writable(request.output.run_dir)
     for picture in request.retrieve.images:
         load_reference(picture, request.render.max_width)
     if request.own_prompts():

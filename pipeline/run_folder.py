@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from svi_model.atomic_files import atomic_path
+from svi_model.atomic_files import atomic_path, remove_leftovers
 from svi_model.chain import ChainState
 
 
@@ -40,7 +40,7 @@ class RunFolder:
     def claimed(self) -> Iterator["RunFolder"]:
         """Hold the run folder for one run (a lock on `.lock` in it): a second run on the same folder fails at once
         instead of racing the first on every file. The OS releases the lock when the holder dies, so a killed run
-        never leaves its folder held."""
+        never leaves its folder held; the temporary files it was writing are removed here."""
         self.root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.root / ".lock")
         try:
@@ -50,6 +50,8 @@ class RunFolder:
                 f"{self.root} is in use by another run: wait for it to finish, or choose another --run-dir"
             ) from None
         try:
+            for folder in (self.root, self.clips):  # what a run killed mid-write left
+                remove_leftovers(folder)
             yield self
         finally:
             lock.release()

@@ -11,6 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# In every temporary name, so a file a killed process left half-written is never taken for a result (and can be
+# found and removed: `remove_leftovers`).
+PARTIAL = "partial-"
+
 
 @contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
@@ -22,7 +26,9 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{destination.stem}.{PARTIAL}", suffix=destination.suffix, dir=destination.parent
+    )
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -35,6 +41,15 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         _fsync_folder(destination.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary files `atomic_path` left in `folder` when its process was killed mid-write; returns them.
+    Call it only while no other process can be writing there (holding the folder's lock)."""
+    leftovers = [path for path in folder.glob(f".*.{PARTIAL}*") if path.is_file()] if folder.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def _fsync_folder(folder: Path) -> None:

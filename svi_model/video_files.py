@@ -6,7 +6,10 @@ see what an uninterrupted one saw. Other videos (training sources, finished film
 gives the frame count and size (`probe_video`), and `read_frames` decodes just the frames asked for.
 """
 
+import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,10 +87,58 @@ def read_frames(
     return frames
 
 
+class VideoWriteError(OSError):
+    """ffmpeg stopped before a video was complete (killed, or it could not write); nothing was kept."""
+
+
+# Below this much free space, a video that came out short is taken for a full disk (ffmpeg only says "broken pipe").
+DISK_FULL_BYTES = 64 * 2**20
+
+
+def _frames_written(path: Path) -> int:
+    try:
+        return probe_video(path).frame_count
+    except VideoReadError:
+        return 0
+
+
+def _incomplete(written: Path, frames: int, destination: Path, why: str | None) -> OSError:
+    """The error for a video at `written` that came out short: ENOSPC naming `destination` when the disk is (nearly)
+    full, else a VideoWriteError saying how far ffmpeg got."""
+    folder = os.statvfs(written.parent)
+    if folder.f_bavail * folder.f_frsize < DISK_FULL_BYTES:
+        return OSError(errno.ENOSPC, f"no space left on the disk to write {destination}", str(destination))
+    because = f"; {why}" if why else ""
+    return VideoWriteError(
+        f"ffmpeg stopped before {destination} was complete ({_frames_written(written)} of {frames} frames{because}); "
+        "it was not kept: run the same command again"
+    )
+
+
+@contextmanager
+def ffmpeg_writing(written: Path, frames: int, destination: Path) -> Iterator[None]:
+    """Around ffmpeg writing a video of `frames` frames at `written` (through imageio-ffmpeg or moviepy), to be put
+    at `destination`: raise unless the file came out whole. An ffmpeg that is killed, or cannot write its last
+    bytes, may exit without its caller raising anything (or with pages of its log), leaving a short file that would
+    otherwise be kept as complete. A full disk is raised as OSError ENOSPC naming `destination`; any other shortfall
+    as `VideoWriteError`."""
+    try:
+        yield
+    except (VideoWriteError, FileNotFoundError):  # a missing input is not ffmpeg's failure
+        raise
+    except OSError as error:  # the callers' IOError once ffmpeg is gone: its first line says why
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _incomplete(written, frames, destination, str(error).splitlines()[0]) from None
+    if _frames_written(written) != frames:
+        raise _incomplete(written, frames, destination, None)
+
+
 def write_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16) -> None:
-    """Store uint8 frames `[F, H, W, 3]` losslessly (FFV1 .mkv), atomically."""
+    """Store uint8 frames `[F, H, W, 3]` losslessly (FFV1 .mkv), atomically; raises VideoWriteError (or OSError
+    ENOSPC) unless every frame reached the file."""
     height, width = frames.shape[1:3]
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, ffmpeg_writing(tmp, len(frames), Path(path)):
         writer = imageio_ffmpeg.write_frames(
             str(tmp),
             (width, height),

@@ -18,7 +18,7 @@ from moviepy import VideoClip, VideoFileClip, concatenate_videoclips, vfx
 
 from svi_model.atomic_files import atomic_path
 from svi_model.modes import FilmSettings
-from svi_model.video_files import probe_video, read_clip
+from svi_model.video_files import ffmpeg_writing, probe_video, read_clip
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,13 @@ class FilmFrames:
         return self.part_frames(k)[index - self.spans[k].start]
 
 
-def _write_h264(clip: VideoClip, path: str | os.PathLike, fps: float, preset: str, progress: bool) -> None:
-    """Encode a moviepy clip as H.264 yuv420p MP4 (CRF 18, no audio), atomically."""
+def _write_h264(clip: VideoClip, path: str | os.PathLike, fps: float, preset: str, progress: bool, frames: int) -> None:
+    """Encode a moviepy clip of `frames` frames as H.264 yuv420p MP4 (CRF 18, no audio), atomically: the file is
+    kept only once it holds every frame (`ffmpeg_writing`)."""
     width, height = clip.size
     if width % 2 or height % 2:
         raise ValueError(f"H.264 in yuv420p needs even sides, the film is {width}x{height}")
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, ffmpeg_writing(tmp, frames, Path(path)):
         clip.write_videofile(
             str(tmp),
             fps=fps,
@@ -128,7 +129,7 @@ def write_film(
     # moviepy writes int(duration·fps) frames at t = i/fps: half a frame more keeps float rounding from dropping
     # the last one, and round() maps each t back to its exact index.
     clip = VideoClip(lambda t: frames[round(t * fps)], duration=(len(frames) + 0.5) / fps)
-    _write_h264(clip, path, fps, preset, progress)
+    _write_h264(clip, path, fps, preset, progress, len(frames))
     return len(frames)
 
 
@@ -161,7 +162,7 @@ def join_chapters(
         faded = [timed[0], *(chapter.with_effects([vfx.CrossFadeIn(overlap / fps)]) for chapter in timed[1:])]
         joined = concatenate_videoclips(faded, method="compose", padding=-overlap / fps, bg_color=(0, 0, 0))
         frames = sum(counts) - (len(chapters) - 1) * overlap
-        _write_h264(joined.with_duration((frames + 0.5) / fps), out, fps, preset, progress)
+        _write_h264(joined.with_duration((frames + 0.5) / fps), out, fps, preset, progress, frames)
     finally:
         for chapter in chapters:
             chapter.close()

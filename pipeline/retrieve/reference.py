@@ -61,9 +61,22 @@ def _open_upright_rgb(path: Path) -> Image.Image:
         raise ImageInputError(f"image {path} does not exist: give the path of a PNG or JPEG file")
     try:
         with Image.open(path) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            return _eight_bit(ImageOps.exif_transpose(image)).convert("RGB")
+    except Image.DecompressionBombError:
+        raise ImageInputError(
+            f"{path} has too many pixels to be opened safely (more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+            "megapixels; it may be a decompression bomb): give a smaller picture"
+        ) from None
+    except (UnidentifiedImageError, OSError) as err:
         raise ImageInputError(f"{path} is not a readable image ({err}): give a PNG or JPEG file") from err
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale pictures (PIL modes I;16 and I, from scanners and scientific cameras) scaled to 8 bits: PIL's
+    own conversion to RGB clips them at 255, which turns nearly every pixel white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return image.convert("I").point(lambda value: value / 256).convert("L")
+    return image
 
 
 def picture_description(path: str | os.PathLike) -> str | None:

@@ -5,7 +5,7 @@ from .checks import CLIP_CHECKS, ClipCheck
 from .clip_store import ClipStore
 from .driver import render_clips
 from .engines import EngineSpec, loaded_sampler
-from .stage import ClipJob, ClipResult, clip_key, run_clip_key, synthesize_clip
+from .stage import ClipJob, ClipResult, GpuOutOfMemory, clip_key, run_clip_key, synthesize_clip
 
 __all__ = [
     "CLIP_CHECKS",
@@ -14,6 +14,7 @@ __all__ = [
     "ClipResult",
     "ClipStore",
     "EngineSpec",
+    "GpuOutOfMemory",
     "clip_key",
     "loaded_sampler",
     "render_clips",

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from svi_model.atomic_files import place_file, write_text_atomic
+from svi_model.atomic_files import place_file, remove_leftovers, write_text_atomic
 from svi_model.chain import ChainState
 from svi_model.video_files import write_clip
 
@@ -63,6 +63,7 @@ class ClipStore:
         locks = self.root.with_name(f"{self.root.name}.locks")
         locks.mkdir(parents=True, exist_ok=True)
         with FileLock(locks / f"{key}.lock"):
+            remove_leftovers(self.root / key)  # of a run killed while it wrote this entry
             yield
 
     def quarantine(self, key: str, why: str) -> Path:

@@ -3,6 +3,8 @@
 key is in the store is reused), the clip store and the per-clip checks are one implementation.
 """
 
+import logging
+import time
 from collections.abc import Callable
 
 from svi_model.sampler import StepCallback
@@ -11,6 +13,11 @@ from ..cache_folder import clip_store_folder
 from ..run_folder import RunFolder
 from .clip_store import ClipStore
 from .stage import ClipJob, ClipResult, run_clip_key, synthesize_clip
+
+log = logging.getLogger(__name__)
+
+# A run expected to take longer than this is announced after its first rendered clip, with the estimate.
+LONG_RUN_S = 3600.0
 
 ClipRenderer = Callable[[RunFolder, int, ClipJob, str], ClipResult]
 """(run, k, job, clip key) → what was done for clip k; `synthesize_clip` itself, or a Prefect task around it."""
@@ -33,11 +40,28 @@ def render_clips(
     """
     store = ClipStore(clip_store_folder())
     render = render or (lambda run, k, job, key: synthesize_clip(run, k, job, store, on_step, key))
-    results = []
+    results, timed = [], False
     for k in range(clips):
+        started = time.monotonic()
         result = render(run, k, job, run_clip_key(run, k, job))
         store.materialise(result.key, run, k)
         results.append(result)
+        if not (timed or result.reused):
+            _warn_if_long(time.monotonic() - started, clips - k - 1)
+            timed = True
         if on_clip is not None:
             on_clip(result)
     return results
+
+
+def _warn_if_long(clip_s: float, clips_left: int) -> None:
+    """Say how long the rest will take when the first rendered clip (`clip_s` seconds) makes it more than an hour."""
+    left_s = clip_s * clips_left
+    if left_s > LONG_RUN_S:
+        log.warning(
+            "a clip took %.0f s here: the %d clips left will take about %.1f hours (finished clips are kept; stop and "
+            "resume at any time)",
+            clip_s,
+            clips_left,
+            left_s / 3600,
+        )

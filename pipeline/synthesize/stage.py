@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from svi_model.chain import ChainState, FilmRenderer
 from svi_model.modes import FilmSettings
-from svi_model.sampler import StepCallback
+from svi_model.sampler import ClipOutput, StepCallback
 
 from ..cache_folder import clip_store_folder
 from ..hashing import content_digest, tensor_digest
@@ -27,6 +27,30 @@ from .clip_store import ClipStore
 from .engines import EngineSpec, loaded_sampler
 
 log = logging.getLogger(__name__)
+
+# The memory mode to try after each one runs out of GPU memory (docs: README "Smaller GPUs").
+LESS_MEMORY = {
+    "none": "--offload model (each module moves to the GPU only while it runs)",
+    "experts": "--offload group (blocks stream to the GPU as they run; slower, fits a 24 GB GPU)",
+    "model": "--offload group (blocks stream to the GPU as they run; slower, fits a 24 GB GPU)",
+}
+
+
+class GpuOutOfMemory(RuntimeError):
+    """The GPU ran out of memory rendering a clip; the message names the memory mode to try."""
+
+
+def _out_of_memory(k: int, spec: EngineSpec, error: torch.OutOfMemoryError) -> GpuOutOfMemory:
+    advice = [LESS_MEMORY[spec.offload]] if spec.offload in LESS_MEMORY else []
+    if not spec.vae_tiling:
+        advice.append("--vae-tiling (the VAE decodes in tiles)")
+    advice.append("or a smaller --max-width")
+    detail = str(error).splitlines()[0] if str(error) else "CUDA out of memory"
+    return GpuOutOfMemory(
+        f"the GPU ran out of memory rendering clip {k} with --offload {spec.offload} ({detail}): try "
+        f"{', '.join(advice)}; finished clips are kept"
+    )
+
 
 # Bump when the code that renders a clip changes what it produces: old cache entries then stop matching.
 STAGE_VERSION = "synthesize-1"
@@ -96,6 +120,18 @@ def _render_and_store(
     on_step: StepCallback | None,
 ) -> None:
     """Render clip `k` (again with the next attempt's seed while it fails a check) and store the last render."""
+    try:
+        output, state, attempts = _render_until_checks_pass(k, job, reference, previous, on_step)
+    except torch.OutOfMemoryError as error:
+        raise _out_of_memory(k, job.engine, error) from None
+    store.put(key, output.frames, state, job.fps, attempts if job.checks else None)
+
+
+def _render_until_checks_pass(
+    k: int, job: ClipJob, reference: torch.Tensor, previous: ChainState | None, on_step: StepCallback | None
+) -> tuple[ClipOutput, ChainState, list[dict]]:
+    """Clip `k`'s last render (the first that passes every check, or the last attempt), the state after it, and the
+    record of every render."""
     renderer = FilmRenderer(loaded_sampler(job.engine), job.settings, reference, job.prompts)
     attempts = []
     for attempt in range(job.max_attempts):
@@ -107,7 +143,7 @@ def _render_and_store(
         if not failed:
             break
         log.warning("clip %d attempt %d (seed %d) failed %s", k, attempt, seed, "; ".join(failed.values()))
-    store.put(key, output.frames, state, job.fps, attempts if job.checks else None)
+    return output, state, attempts
 
 
 def synthesize_clip(
