@@ -7,6 +7,7 @@ folder; the film is then placed at OUT). A preview of the film so far (`OUT.prev
 clip. Running the same command again continues after the last finished clip and gives the same film.
 """
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from pipeline.request import FilmRequest, start_run
 from pipeline.retrieve import normalise_reference
 from pipeline.run_folder import RunFolder
 from pipeline.synthesize import ClipResult, loaded_sampler, render_clips
-from svi_model.atomic_files import place_file
+from svi_model.atomic_files import place_file, remove_leftovers
 
 
 def generate_request(fields: dict[str, Any], out: Path) -> FilmRequest:
@@ -63,6 +64,9 @@ def _generate(request: FilmRequest, out: Path) -> Path:
     normalise_reference(request.retrieve.images[0], run.reference, max_width=request.render.max_width)
     loaded_sampler(job.engine)  # a model folder that cannot load fails here, before any progress bar is drawn
     preview = out.with_name(out.stem + ".preview.mp4")
+    # The film and its preview of a run killed while it placed them (no other run writes these: OUT.clips/ is ours).
+    for name in (out, preview):
+        remove_leftovers(out.parent, of=glob.escape(name.stem))
     clip_bar = tqdm(total=request.clips, desc="clips", unit="clip")
     step_bar = tqdm(total=job.settings.steps, desc="steps", unit="step", leave=False)
 
@@ -76,9 +80,11 @@ def _generate(request: FilmRequest, out: Path) -> Path:
         clip_bar.update()
         step_bar.reset()
 
-    render_clips(run, job, request.clips, on_clip=show_preview, on_step=show_step)
-    step_bar.close()
-    clip_bar.close()
+    try:
+        render_clips(run, job, request.clips, on_clip=show_preview, on_step=show_step)
+    finally:  # also when a clip fails: the error line then starts on a line of its own
+        step_bar.close()
+        clip_bar.close()
     place_file(assemble_run(run.root), out)
     preview.unlink(missing_ok=True)
     return out

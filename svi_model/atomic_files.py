@@ -43,10 +43,11 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def remove_leftovers(folder: Path) -> list[Path]:
+def remove_leftovers(folder: Path, of: str = "*") -> list[Path]:
     """Delete the temporary files `atomic_path` left in `folder` when its process was killed mid-write; returns them.
-    Call it only while no other process can be writing there (holding the folder's lock)."""
-    leftovers = [path for path in folder.glob(f".*.{PARTIAL}*") if path.is_file()] if folder.is_dir() else []
+    of: only those of destinations with this stem (a glob pattern), for a folder other runs write to as well.
+    Call it only while no other process can be writing them (holding the folder's lock)."""
+    leftovers = [path for path in folder.glob(f".{of}.{PARTIAL}*") if path.is_file()] if folder.is_dir() else []
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers

@@ -4,8 +4,10 @@ icrawler runs a feeder (search-result page addresses) â†’ parser (image URLs) â†
 threads. Three things are changed here, each for a reason:
 - The search engines' feeders hard-code the engine's address; the subclasses below take it as a parameter (the
   default is the real address) so tests can serve result pages from 127.0.0.1.
-- The downloader keeps every file it fetched: icrawler's own size check opens it with PIL, silently drops files
-  PIL cannot identify (so nobody could say why) and lets `DecompressionBombError` kill the download thread.
+- The downloader fetches over http(s) only and abandons a file past `MAX_DOWNLOAD_BYTES` mid-stream (icrawler reads
+  any response whole into memory), and it keeps every other file it fetched: icrawler's own size check opens it
+  with PIL, silently drops files PIL cannot identify (so nobody could say why) and lets `DecompressionBombError`
+  kill the download thread.
   Every file is checked afterwards by `image_checks`, the same way for every source.
 - The crawl is called through `Crawler.crawl` with short queue timeouts (icrawler's per-engine `crawl` methods fix
   them at 5 s, so a crawl that runs out of URLs idles for ~6 s), and under an overall deadline: Greedy's feeder
@@ -17,13 +19,15 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import quote_plus, urlencode, urlsplit
 
+import requests
 from icrawler import Crawler, ImageDownloader
 from icrawler.builtin import FlickrImageCrawler, GreedyImageCrawler, UrlListCrawler
 from icrawler.builtin.baidu import BaiduFeeder
 from icrawler.builtin.bing import BingFeeder
 from icrawler.builtin.google import GoogleFeeder
+from icrawler.utils import Session
 
 from .request import RetrieveRequest
 
@@ -100,15 +104,48 @@ def search_filter_check(source: str, feeder_cls: type) -> Callable[[dict[str, st
     return check
 
 
-class StagingDownloader(ImageDownloader):
-    """icrawler's image downloader keeping every file it fetched and remembering each file's URL."""
+# No picture a film starts from is this large; a larger response is a mistake or an attack, and is not kept.
+MAX_DOWNLOAD_BYTES = 50 * 2**20
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+log = logging.getLogger(__name__)
+
+
+class CappedSession(Session):
+    """icrawler's session for downloading files: http(s) addresses only, and a body larger than
+    `MAX_DOWNLOAD_BYTES` is abandoned as it streams in (the response then says `too_large` and holds nothing)."""
+
+    def get(self, url, **kwargs):
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise requests.exceptions.InvalidSchema(f"{url}: only http and https addresses are downloaded")
+        response = super().get(url, stream=True, **kwargs)
+        response.too_large = int(response.headers.get("Content-Length") or 0) > MAX_DOWNLOAD_BYTES
+        body = bytearray()
+        for chunk in () if response.too_large else response.iter_content(1 << 16):
+            body += chunk
+            if len(body) > MAX_DOWNLOAD_BYTES:
+                response.too_large = True
+                break
+        response.close()
+        # What `response.content` returns from now on (requests reads the stream into this attribute itself).
+        response._content = b"" if response.too_large else bytes(body)
+        return response
+
+
+class StagingDownloader(ImageDownloader):
+    """icrawler's image downloader over a `CappedSession`, keeping every file it fetched and remembering each
+    file's URL."""
+
+    def __init__(self, thread_num, signal, session, storage):
+        capped = CappedSession(session.proxy_pool)
+        capped.headers.update(session.headers)
+        super().__init__(thread_num, signal, capped, storage)
         self.sources: dict[str, str] = {}
 
     def keep_file(self, task, response, **kwargs):
-        # Every file is judged afterwards by image_checks, the same way for every source (see the module notes).
+        if response.too_large:
+            log.warning("not downloaded: %s is larger than %d MB", task["file_url"], MAX_DOWNLOAD_BYTES // 2**20)
+            return False
+        # Every other file is judged afterwards by image_checks, the same way for every source (see the module notes).
         return True
 
     def process_meta(self, task):

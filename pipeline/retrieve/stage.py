@@ -25,6 +25,9 @@ from .image_checks import format_suffix, hash_distance, inspect_image
 from .reference import FILM_SIZE
 from .request import IMAGE_SOURCES, Candidates, RetrievalError, RetrieveRequest
 
+# Why a URL the user gave has no file: icrawler logs the error of each try (it tries each address 3 times).
+NOT_DOWNLOADED = "not downloaded: HTTP error, timeout, or larger than the download cap (see the log)"
+
 # The film's own shape (832×480): choose_references prefers pictures that fill it.
 FILM_ASPECT = FILM_SIZE[0] / FILM_SIZE[1]
 
@@ -141,7 +144,7 @@ def retrieve_images(request: RetrieveRequest, run_dir: str | os.PathLike) -> Ret
         # A search engine's failed links are just fewer results, but a URL the user gave must not vanish unnoticed.
         fetched = {url for _, url in candidates}
         records += [
-            ImageRecord(name=None, source=url, accepted=False, reason="not downloaded: HTTP error or timeout (see log)")
+            ImageRecord(name=None, source=url, accepted=False, reason=NOT_DOWNLOADED)
             for url in dict.fromkeys(str(url) for url in request.urls)
             if url not in fetched
         ]
