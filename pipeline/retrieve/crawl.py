@@ -1,7 +1,7 @@
 """Candidate images from the web, through icrawler's own crawler classes, into a staging folder.
 
 icrawler runs a feeder (search-result page addresses) → parser (image URLs) → downloader (files) pipeline of
-threads. Three things are changed here, each for a reason:
+threads. Four things are changed here, each for a reason:
 - The search engines' feeders hard-code the engine's address; the subclasses below take it as a parameter (the
   default is the real address) so tests can serve result pages from 127.0.0.1.
 - The downloader fetches over http(s) only and abandons a file past `MAX_DOWNLOAD_BYTES` mid-stream (icrawler reads
@@ -9,6 +9,8 @@ threads. Three things are changed here, each for a reason:
   with PIL, silently drops files PIL cannot identify (so nobody could say why) and lets `DecompressionBombError`
   kill the download thread.
   Every file is checked afterwards by `image_checks`, the same way for every source.
+- icrawler logs every failed request with its full address, and Flickr's addresses carry the API key: its loggers
+  hide the values of the sources' key variables (`KeysHidden`).
 - The crawl is called through `Crawler.crawl` with short queue timeouts (icrawler's per-engine `crawl` methods fix
   them at 5 s, so a crawl that runs out of URLs idles for ~6 s), and under an overall deadline: Greedy's feeder
   never stops by itself, and a downloader that has fetched nothing waits for its parser forever.
@@ -29,7 +31,7 @@ from icrawler.builtin.bing import BingFeeder
 from icrawler.builtin.google import GoogleFeeder
 from icrawler.utils import Session
 
-from .request import RetrieveRequest
+from .request import IMAGE_SOURCES, RetrieveRequest
 
 # The engines' own addresses, as icrawler 0.6.10 has them; `{}` placeholders take the keyword and the offset.
 BING_URL = "https://www.bing.com/images/async?q={}&first={}"
@@ -102,6 +104,27 @@ def search_filter_check(source: str, feeder_cls: type) -> Callable[[dict[str, st
             raise ValueError(f"{source} search filters {filters}: {err.args[0]}") from None
 
     return check
+
+
+class KeysHidden(logging.Filter):
+    """Replaces, in every record of the logger it is on, the value of each environment variable an image source
+    needs (its API key: `ImageSource.environment`) with `***`. Read when a record is made, so a key set late is
+    hidden too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        variables = [IMAGE_SOURCES[name].environment for name in IMAGE_SOURCES]
+        keys = [os.environ.get(variable[0]) for variable in variables if variable]
+        message = record.getMessage()
+        hidden = message
+        for key in filter(None, keys):
+            hidden = hidden.replace(key, "***")
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
+
+
+for _name in ("feeder", "parser", "downloader", "icrawler.crawler"):  # icrawler's loggers
+    logging.getLogger(_name).addFilter(KeysHidden())
 
 
 # No picture a film starts from is this large; a larger response is a mistake or an attack, and is not kept.
