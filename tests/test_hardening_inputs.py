@@ -1,10 +1,18 @@
 """Bad files in a request are found before anything starts or is written: no Prefect run, no request in the run
 folder, so the corrected command is not refused as "another film"."""
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 from filelock import FileLock
 from PIL import Image
+from prefect.settings import PREFECT_API_URL
 
 import flows.film  # noqa: F401  (Prefect sets up its log handlers on import: on the real stderr, not a captured one)
 from flows.cli import main
@@ -93,9 +101,12 @@ def test_a_run_folder_another_run_holds_is_refused_at_once(tmp_path, picture, ca
     assert main(args) == 0  # once it is free
 
 
-def test_a_text_to_video_model_is_named_as_one_before_the_run(tmp_path, capsys):
+@pytest.mark.parametrize("without", [[], ["image_encoder", "image_processor"]])  # the second: Wan2.1-T2V's layout
+def test_a_text_to_video_model_is_named_as_one_before_the_run(tmp_path, capsys, without):
     model = tmp_path / "t2v"
     save_tiny_model(model)
+    for part in without:
+        shutil.rmtree(model / part)
     config = model / "transformer" / "config.json"
     config.write_text(config.read_text().replace('"in_channels": 36', '"in_channels": 16'))
     assert main(["film", "--run-dir", str(tmp_path / "run"), *SMALL, "--model", str(model)]) == 2
@@ -150,3 +161,40 @@ def test_bad_input_found_inside_a_flow_run_is_logged_without_a_traceback(tmp_pat
     failures = [record for record in caplog.records if "RetrievalError" in record.getMessage()]
     assert failures and all(record.exc_info is None for record in failures)
     assert "error: retrieval from folder for ['red ball'] found no candidate image" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_real_ctrl_c_while_clips_render_is_one_line_and_exit_130(tmp_path):
+    run = tmp_path / "run"
+    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "SVI_CACHE_DIR": str(tmp_path / "cache")}
+    film = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "film", "--run-dir", str(run), *SMALL, "--clips", "500"],
+        env=environment,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_clip = run / "clips" / "clip_0000.mkv"
+    deadline = time.monotonic() + 120
+    while not first_clip.exists() and film.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    film.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    _, stderr = film.communicate(timeout=120)
+    print(f"exited {time.monotonic() - interrupted:.1f} s after SIGINT")
+    assert film.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "interrupted: what was finished is kept; run the same command again to go on"
+    assert "Traceback" not in stderr
+    assert first_clip.is_file()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_too_few_own_prompts_name_the_prompt_file_to_extend(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache"))
+    prompts = tmp_path / "story.txt"
+    prompts.write_text("a red ball rests on the grass\n")
+    with caplog.at_level("WARNING"):
+        assert (
+            main(["film", "--run-dir", str(tmp_path / "run"), *SMALL, "--clips", "2", "--prompts", str(prompts)]) == 0
+        )
+    warned = [r.getMessage() for r in caplog.records if "the stream starts over" in r.getMessage()]
+    assert warned == [f"1 prompts for 2 clips: the stream starts over (write one for every clip in {prompts})"]
