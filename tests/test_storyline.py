@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from pydantic import ValidationError
+from qwen_vl_utils import smart_resize
 from tiny_qwen import save_tiny_qwen
 
 from pipeline.storyline import (
@@ -26,7 +27,8 @@ from pipeline.storyline import (
     write_storyline,
 )
 from pipeline.storyline.conversation import ask_for_prompts, instruction_text
-from pipeline.storyline.qwen_chat import loaded_processor, loaded_qwen
+from pipeline.storyline.openai_chat import OpenAIChat
+from pipeline.storyline.qwen_chat import QwenChat, loaded_processor, loaded_qwen
 from pipeline.storyline.replies import ReplyError, prompts_from_reply
 from pipeline.storyline.template import template_prompts
 
@@ -104,7 +106,7 @@ class ScriptedChat:
         self.replies = list(replies)
         self.conversations: list[list[ChatTurn]] = []
 
-    def __call__(self, image: Path, turns: list[ChatTurn]) -> str:
+    def __call__(self, visuals: list[Path], turns: list[ChatTurn]) -> str:
         self.conversations.append(list(turns))
         return self.replies.pop(0)
 
@@ -261,6 +263,31 @@ def test_qwen_sees_picture_and_instruction_and_its_new_tokens_are_read(tiny_qwen
     assert written.rejected[0] in second
 
 
+def test_pictures_and_clips_reach_qwen_through_qwen_vl_utils(tiny_qwen, picture):
+    """A picture and a clip of 5 frames, bounded to 56²..112² pixels: qwen-vl-utils' own resize rule decides the
+    grids, the clip is made an even 6 frames (3 temporal patches of 2), and generate takes all of it."""
+    chat = QwenChat(tiny_qwen, device="cpu", min_pixels=56 * 56, max_pixels=112 * 112)
+    with Image.open(picture) as opened:
+        frames = [opened.convert("RGB").rotate(3 * i) for i in range(5)]
+    inputs = chat.model_inputs([picture, frames], [ChatTurn(role="user", text="What happens next?")])
+
+    bounds = dict(min_pixels=56 * 56, max_pixels=112 * 112)
+    height, width = smart_resize(192, 320, factor=28, **bounds)
+    # qwen-vl-utils (0.0.14) sizes the frames of a frame list to multiples of 56, then of 28, as a video.
+    frame_height, frame_width = smart_resize(*smart_resize(192, 320, factor=56, **bounds), factor=28, **bounds)
+    patches, frame_patches = height * width // 14**2, frame_height * frame_width // 14**2
+    assert inputs["image_grid_thw"].tolist() == [[1, height // 14, width // 14]]
+    assert inputs["video_grid_thw"].tolist() == [[3, frame_height // 14, frame_width // 14]]
+    assert inputs["pixel_values"].shape == (patches, 3 * 2 * 14 * 14)
+    assert inputs["pixel_values_videos"].shape == (3 * frame_patches, 3 * 2 * 14 * 14)
+    text = loaded_processor(tiny_qwen).tokenizer.decode(inputs["input_ids"][0])
+    # One pad token per 2×2 patches merged; the picture comes first, then the clip, then the question.
+    assert text.count("<|image_pad|>") == patches // 4 and text.count("<|video_pad|>") == 3 * frame_patches // 4
+    assert text.index("<|image_pad|>") < text.index("<|video_pad|>") < text.index("What happens next?")
+    output = loaded_qwen(tiny_qwen, "cpu", torch.float32).generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert output.shape == (1, inputs["input_ids"].shape[1] + 2)
+
+
 def test_qwen_model_stays_loaded_across_calls(tiny_qwen):
     assert loaded_qwen(tiny_qwen, "cpu", torch.float32) is loaded_qwen(tiny_qwen, "cpu", torch.float32)
 
@@ -349,6 +376,19 @@ def test_openai_reasks_with_the_problem_and_sends_picture_and_key(picture, monke
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
     assert second["messages"][1]["content"] == bad
     assert "has 1 prompts, but exactly 3 are needed" in second["messages"][2]["content"]
+
+
+def test_openai_shows_a_clip_as_one_image_part_per_frame(picture):
+    frames = [Image.new("RGB", (320, 192), (10 * i, 90, 200)) for i in range(3)]
+    with FakeChatServer([(200, completion("a reply"))]) as server:
+        chat = OpenAIChat(server.base_url, "qwen2.5-vl-7b", max_pixels=100 * 60)
+        assert chat([picture, frames], [ChatTurn(role="user", text="What happens next?")]) == "a reply"
+    ((_, _, body),) = server.requests
+    *images, text = body["messages"][0]["content"]
+    assert text == {"type": "text", "text": "What happens next?"}
+    sent = [Image.open(io.BytesIO(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))) for part in images]
+    assert [image.getpixel((0, 0)) for image in sent] == [(180, 40, 30), (0, 90, 200), (10, 90, 200), (20, 90, 200)]
+    assert all(image.width * image.height <= 100 * 60 for image in sent)
 
 
 def test_openai_without_a_key_sends_no_authorization(picture, monkeypatch):

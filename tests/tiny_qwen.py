@@ -3,11 +3,12 @@
 The folder holds what a real Qwen2.5-VL-Instruct download holds, at toy size: `config.json` +
 `model.safetensors` (2 text layers of width 64, a 2-block vision tower), a byte-level BPE tokenizer trained here
 on a few sentences (`tokenizer.json`, with Qwen's special tokens), a Qwen ChatML chat template, and the image
-processor's `preprocessor_config.json`. Its weights are random, so `generate` runs for real but writes junk.
+processor's `preprocessor_config.json` (from which, as for a real download, the video processor is made too). Its
+weights are random, so `generate` runs for real but writes junk.
 
-The processor itself is not saved with `Qwen2_5_VLProcessor.save_pretrained`: that needs the video processor,
-which needs torchvision, which CPU-only torch does not have. Saving the tokenizer and the image processor apart
-gives the same files.
+The tokenizer and the image processor are saved apart, not through `Qwen2_5_VLProcessor.save_pretrained`: that
+would write transformers' newer `processor_config.json` instead of the `preprocessor_config.json` the real
+downloads hold.
 """
 
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -30,7 +31,8 @@ SPECIAL_TOKENS = [
 ]
 
 # Qwen's ChatML: a default system turn, then `<|im_start|>role\n…<|im_end|>\n` per message; a picture is
-# `<|vision_start|><|image_pad|><|vision_end|>`, and the processor widens the one pad to one per image token.
+# `<|vision_start|><|image_pad|><|vision_end|>` (a clip the same with `<|video_pad|>`), and the processor widens
+# the one pad to one per visual token.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message.role != 'system' %}"
@@ -40,6 +42,7 @@ CHAT_TEMPLATE = (
     "{% if message.content is string %}{{ message.content }}"
     "{% else %}{% for part in message.content %}"
     "{% if part.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part.type == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part.type == 'text' %}{{ part.text }}{% endif %}"
     "{% endfor %}{% endif %}"
     "<|im_end|>\n"
@@ -126,7 +129,7 @@ def save_tiny_qwen(folder: Path, seed: int = 0) -> Path:
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(tokenizer)).eval()
-    image_processor = Qwen2VLImageProcessorPil(
+    image_processor = Qwen2VLImageProcessor(
         patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=56 * 56, max_pixels=112 * 112
     )
     model.save_pretrained(folder)

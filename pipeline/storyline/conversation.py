@@ -64,7 +64,7 @@ def ask_for_prompts(chat: ChatBackend, image: Path, request: StorylineRequest) -
     turns = [ChatTurn("user", instruction_text(request))]
     rejected: list[str] = []
     for attempt in range(1, request.attempts + 1):
-        reply = chat(image, turns)
+        reply = chat([image], turns)
         try:
             prompts = prompts_from_reply(reply, request.clips, request.min_prompt_chars, request.max_prompt_chars)
         except ReplyError as problem:

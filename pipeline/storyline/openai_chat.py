@@ -1,8 +1,9 @@
 """The `openai` storyline backend: any OpenAI-compatible chat server (vLLM, LM Studio, llama.cpp's server…).
 
-One `POST {base_url}/chat/completions` per ask, with httpx (already a Prefect dependency). The picture goes in as
+One `POST {base_url}/chat/completions` per ask, with httpx (already a Prefect dependency). A picture goes in as
 a `data:image/png;base64,…` URL in an `image_url` content part of the first message, shrunk first to `max_pixels`
-(the server applies its own limit too, but a smaller upload is faster). The key is read from the environment
+(the server applies its own limit too, but a smaller upload is faster); a clip goes in as one such part per frame
+it is given as (the chat API has no portable video part). The key is read from the environment
 variable the request names, never stored; without it no Authorization header is sent (vLLM without `--api-key`).
 """
 
@@ -10,19 +11,19 @@ import base64
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
 from .conversation import chat_storyline
-from .request import ChatTurn, Storyline, StorylineError, StorylineRequest, StorylineServerError
+from .request import ChatTurn, Storyline, StorylineError, StorylineRequest, StorylineServerError, Visual
 
 
-def image_data_url(image: Path, max_pixels: int) -> str:
-    """The picture at `image` as a PNG data URL, scaled down (aspect kept) to at most `max_pixels` pixels."""
-    with Image.open(image) as picture:
-        rgb = picture.convert("RGB")
+def image_data_url(picture: Image.Image, max_pixels: int) -> str:
+    """`picture` as a PNG data URL, scaled down (aspect kept) to at most `max_pixels` pixels."""
+    rgb = picture.convert("RGB")
     scale = math.sqrt(max_pixels / (rgb.width * rgb.height))
     if scale < 1:
         rgb = rgb.resize((max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))), Image.Resampling.BICUBIC)
@@ -31,20 +32,30 @@ def image_data_url(image: Path, max_pixels: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def openai_messages(image_url: str, turns: list[ChatTurn]) -> list[dict]:
-    """The conversation in the OpenAI chat format, the picture first in the first message."""
+def image_parts(visual: Visual, max_pixels: int) -> list[dict]:
+    """The `image_url` content parts showing `visual`: one for a picture file, one per frame for a clip."""
+    if isinstance(visual, Path):
+        with Image.open(visual) as picture:
+            frames = [picture.convert("RGB")]
+    else:
+        frames = list(visual)
+    return [{"type": "image_url", "image_url": {"url": image_data_url(frame, max_pixels)}} for frame in frames]
+
+
+def openai_messages(visuals: Sequence[Visual], turns: list[ChatTurn], max_pixels: int) -> list[dict]:
+    """The conversation in the OpenAI chat format, the visuals first in the first message."""
     messages = []
     for index, turn in enumerate(turns):
         if index == 0:
-            content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": turn.text}]
-            messages.append({"role": turn.role, "content": content})
+            shown = [part for visual in visuals for part in image_parts(visual, max_pixels)]
+            messages.append({"role": turn.role, "content": [*shown, {"type": "text", "text": turn.text}]})
         else:
             messages.append({"role": turn.role, "content": turn.text})
     return messages
 
 
 class OpenAIChat:
-    """(picture, conversation) → the reply of the model served at `base_url`."""
+    """(pictures and clips, conversation) → the reply of the model served at `base_url`."""
 
     def __init__(
         self,
@@ -63,11 +74,11 @@ class OpenAIChat:
         self.max_pixels, self.max_tokens = max_pixels, max_tokens
         self.temperature, self.seed, self.timeout_s = temperature, seed, timeout_s
 
-    def request_body(self, image: Path, turns: list[ChatTurn]) -> dict:
-        """The JSON body of one chat-completions request."""
+    def request_body(self, visuals: Sequence[Visual], turns: list[ChatTurn]) -> dict:
+        """The JSON body of one chat-completions request showing `visuals` (pictures, clips as frames)."""
         body = {
             "model": self.model,
-            "messages": openai_messages(image_data_url(image, self.max_pixels), turns),
+            "messages": openai_messages(visuals, turns, self.max_pixels),
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "seed": self.seed,
@@ -80,10 +91,10 @@ class OpenAIChat:
         key = os.environ.get(self.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def __call__(self, image: Path, turns: list[ChatTurn]) -> str:
+    def __call__(self, visuals: Sequence[Visual], turns: list[ChatTurn]) -> str:
         try:
             response = httpx.post(
-                self.url, json=self.request_body(image, turns), headers=self._headers(), timeout=self.timeout_s
+                self.url, json=self.request_body(visuals, turns), headers=self._headers(), timeout=self.timeout_s
             )
         except httpx.TimeoutException as err:
             raise StorylineServerError(f"{self.url} did not answer within {self.timeout_s:.0f} s (timeout_s)") from err

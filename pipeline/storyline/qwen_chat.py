@@ -1,26 +1,25 @@
-"""The `qwen` storyline backend: Qwen2.5-VL-3B/7B-Instruct from a local folder, with transformers.
+"""The `qwen` storyline backend: Qwen2.5-VL-3B/7B-Instruct from a local folder, with transformers and qwen-vl-utils.
 
 The model is loaded once per process (a small cache keyed by folder, device and dtype) in bf16 on CUDA, fp32 on
 the CPU, and never downloaded: every load is `local_files_only`, and a folder that lacks a file says which.
 
-Two departures from the model card's recipe, both because CPU-only torch has no torchvision:
-- The processor is built without its video half (`PictureProcessor`): Qwen's video processor needs torchvision,
-  and the storyline only ever sends one picture. The image processor and tokenizer load from the folder as usual.
-- The picture is opened with PIL and resized by the processor to `min_pixels`..`max_pixels` (a multiple of 28
-  on each side, the aspect kept; 28×28 pixels make one visual token) rather than through
-  `qwen_vl_utils.process_vision_info`, which imports torchvision and does the same resize. So CPU tests and GPU
-  runs share one path.
+Pictures and clips reach the model as its model card prescribes: the chat messages carry them (a picture as an
+`image` entry, a clip as a `video` entry made of its frames, each with this request's `min_pixels`..`max_pixels`),
+`qwen_vl_utils.process_vision_info` resizes them (each side a multiple of 28, the aspect kept; 28×28 pixels make
+one visual token; a clip's frame count made even), and the processor turns them into patches without resizing
+them again.
 """
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from qwen_vl_utils import process_vision_info
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from .conversation import chat_storyline
-from .request import ChatTurn, Storyline, StorylineError, StorylineRequest
+from .request import ChatTurn, Storyline, StorylineError, StorylineRequest, Visual
 
 # What a Qwen2.5-VL-Instruct download holds; each entry is (what it is, any one of these files).
 REQUIRED_FILES = [
@@ -30,15 +29,6 @@ REQUIRED_FILES = [
     ("the image processor config", ("preprocessor_config.json",)),
 ]
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
-
-
-class PictureProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor for pictures and text only: no video processor (which needs torchvision)."""
-
-    # This signature is what `from_pretrained` reads to know which parts to load. The parent passes
-    # video_processor=None on positionally; ProcessorMixin pairs positional parts with these names and drops it.
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
 
 
 def missing_qwen_files(folder: Path) -> list[str]:
@@ -78,9 +68,9 @@ def loaded_qwen(folder: Path, device: str, dtype: torch.dtype) -> Qwen2_5_VLForC
 
 
 @functools.lru_cache(maxsize=2)
-def loaded_processor(folder: Path) -> PictureProcessor:
-    """The tokenizer, chat template and image processor in `folder`, loaded once per process."""
-    return PictureProcessor.from_pretrained(_checked_folder(folder), local_files_only=True)
+def loaded_processor(folder: Path) -> Qwen2_5_VLProcessor:
+    """The tokenizer, chat template, image and video processors in `folder`, loaded once per process."""
+    return Qwen2_5_VLProcessor.from_pretrained(_checked_folder(folder), local_files_only=True)
 
 
 def release_qwen() -> None:
@@ -91,19 +81,25 @@ def release_qwen() -> None:
         torch.cuda.empty_cache()
 
 
-def qwen_messages(image: Path, turns: list[ChatTurn]) -> list[dict]:
-    """The conversation in Qwen's chat format, the picture first in the first message."""
+def qwen_messages(visuals: Sequence[Visual], turns: list[ChatTurn], min_pixels: int, max_pixels: int) -> list[dict]:
+    """The conversation in Qwen's chat format, the visuals first in the first message, each bounded to
+    `min_pixels`..`max_pixels` (the keys `process_vision_info` reads)."""
+    bounds = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+    shown = [
+        {"type": "image", "image": str(visual), **bounds}
+        if isinstance(visual, Path)
+        else {"type": "video", "video": list(visual), **bounds}
+        for visual in visuals
+    ]
     messages = []
     for index, turn in enumerate(turns):
-        content = [{"type": "text", "text": turn.text}]
-        if index == 0:
-            content.insert(0, {"type": "image", "image": str(image)})
+        content = [*(shown if index == 0 else []), {"type": "text", "text": turn.text}]
         messages.append({"role": turn.role, "content": content})
     return messages
 
 
 class QwenChat:
-    """(picture, conversation) → Qwen2.5-VL's reply, generated locally; greedy unless temperature > 0."""
+    """(pictures and clips, conversation) → Qwen2.5-VL's reply, generated locally; greedy unless temperature > 0."""
 
     def __init__(
         self,
@@ -121,20 +117,29 @@ class QwenChat:
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
 
-    def model_inputs(self, image: Path, turns: list[ChatTurn]) -> dict[str, torch.Tensor]:
-        """Token ids (with one <|image_pad|> per visual token), attention mask, pixel patches and image grid."""
+    def model_inputs(self, visuals: Sequence[Visual], turns: list[ChatTurn]) -> dict[str, torch.Tensor]:
+        """Token ids (one <|image_pad|> or <|video_pad|> per visual token), attention mask, and for the pictures
+        `pixel_values` `[patches, 3·2·14·14]` with `image_grid_thw` `[pictures, 3]`, for the clips
+        `pixel_values_videos` with `video_grid_thw` `[clips, 3]` (grids in 14-pixel patches: t, h, w)."""
         processor = loaded_processor(self.folder)
-        text = processor.apply_chat_template(qwen_messages(image, turns), tokenize=False, add_generation_prompt=True)
-        with Image.open(image) as picture:
-            rgb = picture.convert("RGB")
-        # The folder's own bound is up to 16,384 visual tokens a picture; these bounds hold for this call.
-        size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
-        return processor(text=[text], images=[rgb], size=size, return_tensors="pt")
+        messages = qwen_messages(visuals, turns, self.min_pixels, self.max_pixels)
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images, videos, video_kwargs = process_vision_info(messages, return_video_kwargs=True)
+        # Already sized by process_vision_info within this request's bounds; the processor's own (up to 16,384
+        # visual tokens a picture) would otherwise apply a second time. qwen-vl-utils gives one frame rate per
+        # clip (it places the frames in time); transformers 5 takes one for the call, and refuses an empty list.
+        if videos:
+            video_kwargs["fps"] = video_kwargs["fps"][0]  # frame lists all get qwen-vl-utils' default rate
+        else:
+            video_kwargs = {}
+        return processor(
+            text=[text], images=images, videos=videos, do_resize=False, return_tensors="pt", **video_kwargs
+        )
 
-    def __call__(self, image: Path, turns: list[ChatTurn]) -> str:
+    def __call__(self, visuals: Sequence[Visual], turns: list[ChatTurn]) -> str:
         model = loaded_qwen(self.folder, self.device, self.dtype)
         processor = loaded_processor(self.folder)
-        inputs = self.model_inputs(image, turns).to(model.device)
+        inputs = self.model_inputs(visuals, turns).to(model.device)
         sampling = {"do_sample": False}
         if self.temperature > 0:
             # generate() draws from torch's global generator; seeding it makes a sampled storyline repeatable.

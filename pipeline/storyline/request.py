@@ -3,11 +3,12 @@ and the table of backends (`STORYLINE_BACKENDS`, filled in `backends.py`). This 
 backend module may import these types without an import cycle.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..keywords import Keywords
@@ -37,8 +38,11 @@ class ChatTurn:
     text: str
 
 
-# What a model backend is: (picture, conversation so far) → the model's next reply.
-ChatBackend = Callable[[Path, list[ChatTurn]], str]
+Visual = Path | Sequence[Image.Image]
+"""What a model backend is shown: a picture file, or a clip as some of its frames (RGB, in order)."""
+
+# What a model backend is: (what it is shown, conversation so far) → the model's next reply.
+ChatBackend = Callable[[Sequence[Visual], list[ChatTurn]], str]
 
 
 @dataclass(frozen=True)
