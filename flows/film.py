@@ -3,7 +3,9 @@
 Every task is cached by content (its inputs' hashes, its settings and a stage version) with results persisted in
 `$SVI_CACHE_DIR/prefect-results`, so a retried run (the UI's Retry button), a rerun, or a new run with the same
 inputs reuses finished work; clip k's key includes the exact state clip k−1 handed over, so editing the prompt of
-clip 3 re-renders clips 3… and nothing before. Clips run one at a time (the loop is sequential: clip k needs
+clip 3 re-renders clips 3… and nothing before. In follow mode each prompt after the first is a task of its own,
+written after the clip before it and keyed by that clip: an edited prompt is kept (pinned), and those after it are
+written again from the new clips. Clips run one at a time (the loop is sequential: clip k needs
 clip k−1) on the sampler kept loaded in the process; served, their tasks carry the tag `gpu` for a server-side limit.
 
 No `from __future__ import annotations` here: served runs must resolve the pydantic parameter types.
@@ -28,16 +30,16 @@ from prefect.artifacts import (
 from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
-from flows.task_results import RESULTS
+from flows.story import follower, story_for
+from flows.task_results import RESULTS, worth_retrying
 from pipeline.assemble import assemble_run, join_run_chapters
 from pipeline.cache_folder import clip_store_folder
-from pipeline.hashing import content_digest, file_sha256
+from pipeline.hashing import content_digest
 from pipeline.input_checks import check_inputs
 from pipeline.request import FilmRequest, start_run
 from pipeline.retrieve import RetrieveRequest, choose_references, normalise_reference, retrieve_images
 from pipeline.run_folder import RunFolder
-from pipeline.storyline import Storyline, StorylineRequest, read_prompt_file, save_storyline, write_storyline
-from pipeline.storyline.qwen_chat import release_qwen
+from pipeline.storyline import read_prompt_file
 from pipeline.synthesize import ClipJob, ClipResult, ClipStore, render_clips, synthesize_clip
 from svi_model.atomic_files import atomic_path
 from svi_model.tiny import save_tiny_model
@@ -45,7 +47,6 @@ from svi_model.tiny import save_tiny_model
 RETRIEVE_VERSION = "retrieve-2"
 GPU_TAG = "gpu"
 GPU_TAG_SWITCH = "SVI_GPU_TAG"
-STORYLINE_VERSION = "storyline-2"
 
 
 # ---------------------------------------------------------------- retrieve: keywords or pictures → reference.png
@@ -63,22 +64,11 @@ def _retrieve_key(context, parameters) -> str:
     )
 
 
-def _worth_retrying(task, task_run, state) -> bool:
-    """Network hiccups are; a search that found nothing usable (or bad input) fails the same way again."""
-    try:
-        state.result()
-    except ValueError:  # RetrievalError and bad requests
-        return False
-    except Exception:
-        return True
-    return False
-
-
 @task(
     name="retrieve",
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=4),
-    retry_condition_fn=_worth_retrying,
+    retry_condition_fn=worth_retrying,
     cache_key_fn=_retrieve_key,
     persist_result=True,
     result_storage=RESULTS,
@@ -99,37 +89,6 @@ def retrieve(request: RetrieveRequest, run_dir: Path, max_width: int, count: int
 
 def _retrieved_picture(run: RunFolder, index: int) -> Path:
     return run.images / f"reference-{index:02d}.png"
-
-
-# ---------------------------------------------------------------- storyline: reference.png → L prompts
-
-
-def _storyline_key(context, parameters) -> str:
-    request: StorylineRequest = parameters["request"]
-    return "storyline-" + content_digest(
-        {
-            "stage": STORYLINE_VERSION,
-            "request": request.model_dump(mode="json"),
-            "image": file_sha256(parameters["image"]),
-        }
-    )
-
-
-@task(
-    name="storyline",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=4),
-    retry_condition_fn=_worth_retrying,
-    cache_key_fn=_storyline_key,
-    persist_result=True,
-    result_storage=RESULTS,
-)
-def storyline(request: StorylineRequest, image: Path) -> Storyline:
-    """The prompt stream for the picture; a local Qwen is unloaded afterwards to leave the GPU to Wan."""
-    try:
-        return write_storyline(image, request)
-    finally:
-        release_qwen()
 
 
 # ---------------------------------------------------------------- synthesize: one task per clip
@@ -213,34 +172,6 @@ def _pictures(request: FilmRequest, run: RunFolder, timings: dict[str, float]) -
     return pictures
 
 
-def _story(request: FilmRequest, run: RunFolder, picture: Path, timings: dict[str, float]) -> list[str]:
-    """The reference frame from `picture`, and the prompt stream written for it (or taken); returns the prompts."""
-    normalise_reference(picture, run.reference, max_width=request.render.max_width)
-    start = time.perf_counter()
-    if request.own_prompts():
-        prompts = request.own_prompt_stream()
-    elif run.storyline.is_file():
-        get_run_logger().info(
-            "using %s as it is (edit it to change the film; delete it to write a new one)", run.storyline
-        )
-        prompts = read_prompt_file(run.storyline)
-    else:
-        written = storyline(request.storyline_request(), run.reference)
-        save_storyline(written, run.storyline)
-        prompts = written.prompts
-    if len(prompts) < request.clips and request.settings().prompt_mode == "stream":
-        remedy = (
-            f"write one for every clip in {request.storyline.prompts or 'the request'}"
-            if request.own_prompts()
-            else f"delete {run.storyline} to write one for every clip"
-        )
-        get_run_logger().warning(
-            "%d prompts for %d clips: the stream starts over (%s)", len(prompts), request.clips, remedy
-        )
-    timings["storyline"] = time.perf_counter() - start
-    return prompts
-
-
 def _chapters(
     request: FilmRequest, run: RunFolder, timings: dict[str, float]
 ) -> list[tuple[FilmRequest, RunFolder, Path]]:
@@ -262,7 +193,7 @@ def prompts(request: FilmRequest = FilmRequest()) -> list[Path]:
         run = _start_run(request)
         chapters = _chapters(request, run, {})
         for chapter, chapter_run, picture in chapters:
-            _story(chapter, chapter_run, picture, {})
+            story_for(chapter, chapter_run, picture, {})
         return [chapter_run.storyline for _, chapter_run, _ in chapters]
 
 
@@ -314,7 +245,7 @@ def _render_chapter(
     label: str,
 ) -> None:
     """Storyline, clips and assembly of one chapter (or of a whole one-chapter film) in `run`."""
-    prompt_stream = _story(request, run, picture, timings)
+    prompt_stream = story_for(request, run, picture, timings)
 
     start = time.perf_counter()
     store = ClipStore(clip_store_folder())
@@ -324,7 +255,17 @@ def _render_chapter(
         stored = store.has(key, job.settings.num_frames)
         return clip_task.with_options(refresh_cache=not stored, tags=_clip_tags())(run.root, k, job, key)
 
-    render_clips(run, request.clip_job(prompt_stream), request.clips, clip_in_a_task, lambda _: progress.clip_done())
+    next_prompts = follower(request, run) if request.follows() else None
+    render_clips(
+        run,
+        request.clip_job(prompt_stream),
+        request.clips,
+        clip_in_a_task,
+        lambda _: progress.clip_done(),
+        next_prompts=next_prompts,
+    )
+    if next_prompts is not None:
+        prompt_stream = read_prompt_file(run.storyline)
     timings["synthesize"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -37,7 +37,7 @@ from .retrieve import RetrieveRequest
 from .retrieve.request import SourceName
 from .run_folder import RunFolder, clear_run
 from .storyline import StorylineRequest, read_prompt_file
-from .storyline.request import BackendName
+from .storyline.request import BackendName, StorylineMode
 from .synthesize import ClipJob, EngineSpec
 from .synthesize.checks import CheckName
 from .synthesize.engines import Dtype, Offload
@@ -114,6 +114,10 @@ class StorylineOptions(BaseModel):
     openai_model: str | None = Field(None, description="the model name the server serves")
     style: str | None = Field(None, description="e.g. 'cinematic, golden hour'")
     genre: str | None = Field(None, description="e.g. 'nature documentary'")
+    storyline_mode: StorylineMode = Field(
+        "plan", description="plan: every prompt up front; follow: each next prompt written from the clip before it"
+    )
+    follow_frames: int = Field(4, ge=1, le=32, description="follow: last frames of the clip before that are shown")
 
 
 class RenderOptions(BaseModel):
@@ -237,7 +241,26 @@ class FilmRequest(BaseModel):
             self.retrieve_request()
         if not self.own_prompts():
             self.storyline_request()
+        if self.follows():
+            self._check_follow()
         return self
+
+    def follows(self) -> bool:
+        """Each prompt after the first is written from the clip before it (`storyline_mode` follow)."""
+        return self.storyline.storyline_mode == "follow"
+
+    def _check_follow(self) -> None:
+        if self.own_prompts():
+            raise ValueError(
+                "storyline_mode 'follow' has the storyline model write each prompt from the clip before it: "
+                "it cannot take your own prompts (prompts/prompt); drop one or the other"
+            )
+        settings = self.settings()
+        if settings.prompt_mode != "stream" or settings.prompt_repeat != 1:
+            raise ValueError(
+                f"storyline_mode 'follow' writes one prompt per clip: it needs prompt_mode 'stream' and "
+                f"prompt_repeat 1 (this request has {settings.prompt_mode!r} and {settings.prompt_repeat})"
+            )
 
     def flat(self) -> dict[str, Any]:
         """Every setting by its one name (JSON-ready): the groups' fields beside the top-level ones."""

@@ -114,7 +114,8 @@ class ScriptedChat:
 def test_a_bad_reply_is_sent_back_with_its_problem(picture):
     bad = json.dumps({"prompts": GOOD[:2]})
     chat = ScriptedChat([bad, json.dumps({"prompts": GOOD})])
-    prompts, rejected = ask_for_prompts(chat, picture, StorylineRequest(clips=3))
+    request = StorylineRequest(clips=3)
+    prompts, rejected = ask_for_prompts(chat, [picture], instruction_text(request), 3, request)
     assert prompts == GOOD
     assert len(rejected) == 1 and "exactly 3 are needed" in rejected[0]
     retry = chat.conversations[1]
@@ -127,7 +128,8 @@ def test_a_bad_reply_is_sent_back_with_its_problem(picture):
 def test_unusable_replies_fail_clearly_after_the_attempts(picture):
     chat = ScriptedChat(["no idea", "", json.dumps({"prompts": ["x"]})])
     with pytest.raises(StorylineError) as caught:
-        ask_for_prompts(chat, picture, StorylineRequest(clips=2, attempts=3))
+        request = StorylineRequest(clips=2, attempts=3)
+        ask_for_prompts(chat, [picture], instruction_text(request), 2, request)
     message = str(caught.value)
     assert "in 3 attempts" in message
     assert "reply 1: The reply holds no JSON" in message

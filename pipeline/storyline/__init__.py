@@ -2,6 +2,7 @@
 the backends in `STORYLINE_BACKENDS` (built in: `backends.py`), or read from the user's own prompt file."""
 
 from .backends import write_storyline
+from .follow import follow_prompt
 from .prompt_files import PromptFileError, read_prompt_file
 from .request import (
     STORYLINE_BACKENDS,
@@ -12,7 +13,7 @@ from .request import (
     StorylineRequest,
     StorylineServerError,
 )
-from .storyline_file import save_storyline, storyline_yaml
+from .storyline_file import read_storyline, save_storyline, storyline_yaml
 
 __all__ = [
     "STORYLINE_BACKENDS",
@@ -23,7 +24,9 @@ __all__ = [
     "StorylineError",
     "StorylineRequest",
     "StorylineServerError",
+    "follow_prompt",
     "read_prompt_file",
+    "read_storyline",
     "save_storyline",
     "storyline_yaml",
     "write_storyline",

@@ -4,7 +4,7 @@
 
 from pathlib import Path
 
-from .request import STORYLINE_BACKENDS, Storyline, StorylineBackend, StorylineRequest
+from .request import STORYLINE_BACKENDS, ChatBackend, Storyline, StorylineBackend, StorylineRequest
 from .template import template_storyline
 
 
@@ -15,10 +15,22 @@ def _qwen(image: Path, request: StorylineRequest) -> Storyline:
     return qwen_storyline(image, request)
 
 
+def _qwen_chat(request: StorylineRequest) -> ChatBackend:
+    from .qwen_chat import qwen_chat
+
+    return qwen_chat(request)
+
+
 def _openai(image: Path, request: StorylineRequest) -> Storyline:
     from .openai_chat import openai_storyline
 
     return openai_storyline(image, request)
+
+
+def _openai_chat(request: StorylineRequest) -> ChatBackend:
+    from .openai_chat import openai_chat
+
+    return openai_chat(request)
 
 
 STORYLINE_BACKENDS.register(
@@ -32,6 +44,7 @@ STORYLINE_BACKENDS.register(
         needs=("qwen_model",),
         needs_help="the local Qwen2.5-VL-3B/7B-Instruct folder (e.g. `hf download Qwen/Qwen2.5-VL-7B-Instruct "
         "--local-dir models/qwen2.5-vl-7b`), or use backend 'template'",
+        chat=_qwen_chat,
     ),
 )
 STORYLINE_BACKENDS.register(
@@ -42,6 +55,7 @@ STORYLINE_BACKENDS.register(
         needs=("openai_base_url", "openai_model"),
         needs_help="the server's address (e.g. http://127.0.0.1:8000/v1) and the model name it lists at "
         "GET <base_url>/models",
+        chat=_openai_chat,
     ),
 )
 

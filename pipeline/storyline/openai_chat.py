@@ -121,9 +121,9 @@ class OpenAIChat:
         return content or ""
 
 
-def openai_storyline(image: Path, request: StorylineRequest) -> Storyline:
-    """The storyline the model served at `request.openai_base_url` writes for the picture at `image`."""
-    chat = OpenAIChat(
+def openai_chat(request: StorylineRequest) -> OpenAIChat:
+    """The chat with the server the request names."""
+    return OpenAIChat(
         base_url=request.openai_base_url,
         model=request.openai_model,
         api_key_env=request.openai_api_key_env,
@@ -134,4 +134,8 @@ def openai_storyline(image: Path, request: StorylineRequest) -> Storyline:
         seed=request.seed,
         timeout_s=request.timeout_s,
     )
-    return chat_storyline(chat, f"{request.openai_model} at {request.openai_base_url}", image, request)
+
+
+def openai_storyline(image: Path, request: StorylineRequest) -> Storyline:
+    """The storyline the model served at `request.openai_base_url` writes for the picture at `image`."""
+    return chat_storyline(openai_chat(request), f"{request.openai_model} at {request.openai_base_url}", image, request)

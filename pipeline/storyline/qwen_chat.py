@@ -151,9 +151,9 @@ class QwenChat:
         return processor.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)[0]
 
 
-def qwen_storyline(image: Path, request: StorylineRequest) -> Storyline:
-    """The storyline Qwen2.5-VL in `request.qwen_model` writes for the picture at `image`."""
-    chat = QwenChat(
+def qwen_chat(request: StorylineRequest) -> QwenChat:
+    """The local Qwen2.5-VL chat the request asks for."""
+    return QwenChat(
         folder=request.qwen_model,
         device=request.device,
         min_pixels=request.min_pixels,
@@ -162,4 +162,8 @@ def qwen_storyline(image: Path, request: StorylineRequest) -> Storyline:
         temperature=request.temperature,
         seed=request.seed,
     )
-    return chat_storyline(chat, str(request.qwen_model), image, request)
+
+
+def qwen_storyline(image: Path, request: StorylineRequest) -> Storyline:
+    """The storyline Qwen2.5-VL in `request.qwen_model` writes for the picture at `image`."""
+    return chat_storyline(qwen_chat(request), str(request.qwen_model), image, request)

@@ -51,16 +51,25 @@ class StorylineBackend:
 
     write: (reference picture, request) → the storyline.
     needs: request fields it cannot do without; `needs_help` says what to give (shown when one is missing).
+    chat: request → the model to talk to, for follow mode (None: the backend does not look at pictures).
     """
 
     write: Callable[[Path, "StorylineRequest"], "Storyline"]
     help: str
     needs: tuple[str, ...] = ()
     needs_help: str = ""
+    chat: Callable[["StorylineRequest"], ChatBackend] | None = None
 
 
 STORYLINE_BACKENDS: Registry[StorylineBackend] = Registry("storyline backend")
 BackendName = STORYLINE_BACKENDS.name_type()
+
+
+StorylineMode = Literal["plan", "follow"]
+
+
+def _watching_backends() -> list[str]:
+    return [name for name in STORYLINE_BACKENDS if STORYLINE_BACKENDS[name].chat is not None]
 
 
 class StorylineRequest(BaseModel):
@@ -86,6 +95,10 @@ class StorylineRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy (repeatable); above 0: sampled")
     seed: int = Field(0, ge=0, description="sampling seed (used when temperature > 0)")
     attempts: int = Field(3, ge=1, le=20, description="times the model is asked: the first ask and the re-asks")
+    storyline_mode: StorylineMode = Field(
+        "plan", description="plan: every prompt up front; follow: each next prompt written from the clip before it"
+    )
+    follow_frames: int = Field(4, ge=1, le=32, description="follow: last frames of the clip before that are shown")
     min_prompt_chars: int = Field(40, ge=1, description="shortest prompt accepted, in characters")
     max_prompt_chars: int = Field(1000, ge=1, description="longest prompt accepted, in characters")
 
@@ -95,6 +108,11 @@ class StorylineRequest(BaseModel):
         missing = [name for name in backend.needs if not getattr(self, name)]
         if missing:
             raise ValueError(f"backend {self.backend!r} needs {' and '.join(missing)}: {backend.needs_help}")
+        if self.storyline_mode == "follow" and backend.chat is None:
+            raise ValueError(
+                f"storyline_mode 'follow' writes each prompt from the clip before it, and backend {self.backend!r} "
+                f"does not look at pictures: use one that does ({', '.join(_watching_backends())})"
+            )
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}: swap or lower it")
         if self.min_prompt_chars > self.max_prompt_chars:
@@ -119,3 +137,22 @@ class Storyline(BaseModel):
     keywords: list[str] = Field(default_factory=list)
     style: str | None = None
     genre: str | None = None
+    planned: list[str] = Field(default_factory=list, description="follow: the prompts as the plan wrote them")
+    followed: list[str | None] = Field(
+        default_factory=list, description="follow: the prompt the model wrote from the clip before, per clip"
+    )
+
+    def pinned(self, k: int) -> bool:
+        """Prompt k was edited by hand: it differs from what the model last wrote for it (follow mode keeps it)."""
+        written = self.followed[k] if k < len(self.followed) and self.followed[k] is not None else None
+        if written is None and k < len(self.planned):
+            written = self.planned[k]
+        return written is not None and k < len(self.prompts) and self.prompts[k] != written
+
+    def with_followed(self, k: int, prompt: str) -> "Storyline":
+        """This storyline with `prompt` written by follow mode for clip k (the stream grows to reach k)."""
+        prompts, followed = list(self.prompts), list(self.followed)
+        prompts += [prompt] * (k + 1 - len(prompts))
+        followed += [None] * (k + 1 - len(followed))
+        prompts[k], followed[k] = prompt, prompt
+        return self.model_copy(update={"prompts": prompts, "followed": followed})

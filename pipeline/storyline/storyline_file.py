@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from svi_model.atomic_files import write_text_atomic
 
-from .request import Storyline
+from .request import Storyline, StorylineError
 
 
 def storyline_yaml(storyline: Storyline) -> str:
@@ -24,3 +25,14 @@ def storyline_yaml(storyline: Storyline) -> str:
 def save_storyline(storyline: Storyline, path: Path) -> None:
     """Write `storyline` to `path` (storyline.yaml) atomically, readable by `prompt_files.read_prompt_file`."""
     write_text_atomic(path, storyline_yaml(storyline))
+
+
+def read_storyline(path: Path) -> Storyline:
+    """The storyline in `path` (storyline.yaml) with its record, as `save_storyline` wrote it and the user edited."""
+    try:
+        return Storyline.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, ValidationError) as err:
+        raise StorylineError(
+            f"{path} cannot be read as a storyline ({str(err).splitlines()[0]}): edit only its prompts, or delete it "
+            "to write a new one"
+        ) from err

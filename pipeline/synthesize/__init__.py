@@ -3,7 +3,7 @@ clip store and checked by the request's per-clip checks (`CLIP_CHECKS`)."""
 
 from .checks import CLIP_CHECKS, ClipCheck
 from .clip_store import ClipStore
-from .driver import render_clips
+from .driver import NextPrompts, render_clips
 from .engines import EngineSpec, loaded_sampler
 from .stage import ClipJob, ClipResult, GpuOutOfMemory, clip_key, run_clip_key, synthesize_clip
 
@@ -17,6 +17,7 @@ __all__ = [
     "GpuOutOfMemory",
     "clip_key",
     "loaded_sampler",
+    "NextPrompts",
     "render_clips",
     "run_clip_key",
     "synthesize_clip",

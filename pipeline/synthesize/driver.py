@@ -22,6 +22,9 @@ LONG_RUN_S = 3600.0
 ClipRenderer = Callable[[RunFolder, int, ClipJob, str], ClipResult]
 """(run, k, job, clip key) → what was done for clip k; `synthesize_clip` itself, or a Prefect task around it."""
 
+NextPrompts = Callable[[int, ClipResult, list[str]], list[str]]
+"""(k, what was done for clip k−1, the prompt stream) → the stream with clip k's prompt written (follow mode)."""
+
 
 def render_clips(
     run: RunFolder,
@@ -30,18 +33,22 @@ def render_clips(
     render: ClipRenderer | None = None,
     on_clip: Callable[[ClipResult], None] | None = None,
     on_step: StepCallback | None = None,
+    next_prompts: NextPrompts | None = None,
 ) -> list[ClipResult]:
     """Clips 0 … clips−1 of `run`, each placed in the run folder from the clip store; returns what was done.
 
     render: how one clip is made (default: `synthesize_clip`, in this process). Whatever it does, the clip is then
     placed in the run folder from the store, so a renderer whose result was cached elsewhere (a Prefect task
     result) still leaves the run folder complete. on_clip: called after each clip (progress, previews); on_step:
-    after each sampling step of the default renderer.
+    after each sampling step of the default renderer. next_prompts: called before each clip after the first, to
+    write its prompt from the clip before it (follow mode).
     """
     store = ClipStore(clip_store_folder())
     render = render or (lambda run, k, job, key: synthesize_clip(run, k, job, store, on_step, key))
     results, timed = [], False
     for k in range(clips):
+        if next_prompts is not None and k > 0:
+            job = job.model_copy(update={"prompts": next_prompts(k, results[-1], list(job.prompts))})
         started = time.monotonic()
         result = render(run, k, job, run_clip_key(run, k, job))
         store.materialise(result.key, run, k)
