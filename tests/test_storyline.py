@@ -367,7 +367,10 @@ def test_openai_reasks_with_the_problem_and_sends_picture_and_key(picture, monke
     (path, headers, first), (_, _, second) = server.requests
     assert path == "/v1/chat/completions"
     assert headers["Authorization"] == "Bearer sk-test"
-    assert first["model"] == "qwen2.5-vl-7b" and first["response_format"] == {"type": "json_object"}
+    assert first["model"] == "qwen2.5-vl-7b" and first["response_format"]["type"] == "json_schema"
+    schema = first["response_format"]["json_schema"]["schema"]["properties"]["prompts"]
+    assert (schema["minItems"], schema["maxItems"]) == (3, 3)
+    assert (schema["items"]["minLength"], schema["items"]["maxLength"]) == (40, 1000)
     assert first["max_tokens"] == request.reply_token_limit() == 200 * 3 + 256
     image_part, text_part = first["messages"][0]["content"]
     url = image_part["image_url"]["url"]
@@ -396,7 +399,7 @@ def test_openai_shows_a_clip_as_one_image_part_per_frame(picture):
 def test_openai_without_a_key_sends_no_authorization(picture, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeChatServer([(200, completion(json.dumps(GOOD)))]) as server:
-        write_storyline(picture, openai_request(server.base_url, openai_json_mode=False))
+        write_storyline(picture, openai_request(server.base_url, openai_reply_format="text"))
     _, headers, body = server.requests[0]
     assert "Authorization" not in headers and "response_format" not in body
 
@@ -413,7 +416,7 @@ def test_openai_refusal_is_an_empty_reply_and_reasked(picture):
     [
         (500, {"error": "out of memory"}, StorylineServerError, r"HTTP 500: .*out of memory"),
         (429, {"error": "slow down"}, StorylineServerError, "HTTP 429"),
-        (400, {"error": "response_format"}, StorylineError, "HTTP 400: .*set openai_json_mode false"),
+        (400, {"error": "response_format"}, StorylineError, "HTTP 400: .*set openai_reply_format to json_object"),
         (401, {"error": "bad key"}, StorylineError, "environment variable OPENAI_API_KEY"),
         (200, {"unexpected": True}, StorylineError, "no chat completion"),
     ],

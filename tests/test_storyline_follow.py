@@ -115,6 +115,11 @@ def test_follow_mode_writes_each_prompt_from_the_clip_before_it(tmp_path, monkey
             last = read_clip(run.clip(k - 1)).numpy()[-3:]
             assert len(images) == 4
             assert all(np.array_equal(decoded(i), f) for i, f in zip(images[1:], last, strict=True))
+        # Each ask is held to its own reply schema: 4 prompts for the plan, 1 for each follow ask.
+        counts = [
+            b["response_format"]["json_schema"]["schema"]["properties"]["prompts"]["maxItems"] for b in server.bodies
+        ]
+        assert counts == [4, 1, 1, 1]
         # The story so far is what the clips before were rendered from.
         assert f"1. {PLAN[0]}" in follows[0]["messages"][0]["content"][-1]["text"]
         written = yaml.safe_load(run.storyline.read_text())

@@ -23,7 +23,8 @@ def follow_prompt(
 ) -> str:
     """The prompt of the clip after `previous_clip`, the story so far being `story` (one prompt per clip played,
     so this is clip `len(story)`); `planned` is what the plan meant it to show (None: the plan was shorter)."""
-    chat = STORYLINE_BACKENDS[request.backend].chat(request)
+    # The chat for an ask of one prompt: its reply budget and (openai) reply schema are made for one.
+    chat = STORYLINE_BACKENDS[request.backend].chat(request.model_copy(update={"clips": 1}))
     shown = [picture, last_frames(previous_clip, request.follow_frames)]
     instruction = follow_text(request, len(story), story, planned)
     prompts, _ = ask_for_prompts(chat, shown, instruction, 1, request)

@@ -18,7 +18,16 @@ import httpx
 from PIL import Image
 
 from .conversation import chat_storyline
-from .request import ChatTurn, Storyline, StorylineError, StorylineRequest, StorylineServerError, Visual
+from .replies import PromptReply, reply_schema
+from .request import (
+    ChatTurn,
+    ReplyFormat,
+    Storyline,
+    StorylineError,
+    StorylineRequest,
+    StorylineServerError,
+    Visual,
+)
 
 
 def image_data_url(picture: Image.Image, max_pixels: int) -> str:
@@ -62,7 +71,8 @@ class OpenAIChat:
         base_url: str,
         model: str,
         api_key_env: str = "OPENAI_API_KEY",
-        json_mode: bool = True,
+        reply_format: ReplyFormat = "json_schema",
+        reply_shape: dict | None = None,
         max_pixels: int = 512 * 28 * 28,
         max_tokens: int = 4096,
         temperature: float = 0.0,
@@ -70,7 +80,8 @@ class OpenAIChat:
         timeout_s: float = 300.0,
     ):
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key_env, self.json_mode = model, api_key_env, json_mode
+        self.model, self.api_key_env, self.reply_format = model, api_key_env, reply_format
+        self.reply_shape = reply_shape or PromptReply.model_json_schema()
         self.max_pixels, self.max_tokens = max_pixels, max_tokens
         self.temperature, self.seed, self.timeout_s = temperature, seed, timeout_s
 
@@ -83,7 +94,11 @@ class OpenAIChat:
             "temperature": self.temperature,
             "seed": self.seed,
         }
-        if self.json_mode:
+        if self.reply_format == "json_schema":
+            # Not `strict`: OpenAI's strict subset has no length bounds, which the other servers enforce.
+            schema = {"name": "prompt_stream", "schema": self.reply_shape, "strict": False}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        elif self.reply_format == "json_object":
             body["response_format"] = {"type": "json_object"}
         return body
 
@@ -111,7 +126,12 @@ class OpenAIChat:
         if response.status_code == 429 or response.status_code >= 500:
             raise StorylineServerError(f"{self.url} answered HTTP {response.status_code}: {response.text[:500]}")
         if response.status_code != 200:
-            hint = " (if the server rejects response_format, set openai_json_mode false)" if self.json_mode else ""
+            hint = (
+                f" (if the server rejects response_format {self.reply_format}, set openai_reply_format to json_object "
+                "or text)"
+                if self.reply_format != "text"
+                else ""
+            )
             raise StorylineError(f"{self.url} answered HTTP {response.status_code}: {response.text[:500]}{hint}")
         try:
             content = response.json()["choices"][0]["message"]["content"]
@@ -127,7 +147,8 @@ def openai_chat(request: StorylineRequest) -> OpenAIChat:
         base_url=request.openai_base_url,
         model=request.openai_model,
         api_key_env=request.openai_api_key_env,
-        json_mode=request.openai_json_mode,
+        reply_format=request.openai_reply_format,
+        reply_shape=reply_schema(request.clips, request.min_prompt_chars, request.max_prompt_chars),
         max_pixels=request.max_pixels,
         max_tokens=request.reply_token_limit(),
         temperature=request.temperature,

@@ -1,20 +1,42 @@
 """Reading a prompt stream out of a language model's reply, and saying exactly what is wrong when it cannot.
 
-Models wrap JSON in chatter and Markdown fences, so the whole reply is searched for JSON values, and the one meant
-is the first `{"prompts": [...]}` object, else the first bare list of strings (so a stray `[3]` or `{}` in the
-chatter is passed over). The prompts it holds are then checked against the request (exactly L, none empty, each
+The reply is a `PromptReply`; a server that takes a JSON schema is given `reply_schema` (exactly L prompts of the
+allowed lengths), and a reply that is that JSON and nothing else is read as it is. Other models wrap JSON in chatter
+and Markdown fences, so otherwise the whole reply is searched for JSON values, and the one meant is the first
+`{"prompts": [...]}` object, else the first bare list of strings (so a stray `[3]` or `{}` in the chatter is passed
+over). The prompts it holds are then checked against the request (exactly L, none empty, each
 within the length bounds). A `ReplyError`'s message is written to be sent back to the model as it is, so it says
 what to fix.
 """
 
 import json
 import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 # The reply shape the instruction asks for, quoted in the instruction and in every complaint.
 JSON_SHAPE = '{"prompts": ["<prompt 1>", "<prompt 2>", "..."]}'
 
 # Control characters (a raw newline inside a string) are common in model output and harmless here.
 _LENIENT_JSON = json.JSONDecoder(strict=False)
+
+
+class PromptReply(BaseModel):
+    """What a storyline model replies: the prompt stream."""
+
+    model_config = ConfigDict(extra="forbid")  # `additionalProperties: false` in the schema, as servers expect
+
+    prompts: list[str]
+
+
+def reply_schema(count: int, min_chars: int, max_chars: int) -> dict:
+    """The JSON schema of a usable `PromptReply`: exactly `count` prompts of `min_chars`..`max_chars` characters."""
+    prompt = Annotated[str, StringConstraints(min_length=min_chars, max_length=max_chars)]
+    usable = create_model(
+        "PromptReply", __base__=PromptReply, prompts=(list[prompt], Field(min_length=count, max_length=count))
+    )
+    return usable.model_json_schema()
 
 
 class ReplyError(ValueError):
@@ -50,6 +72,10 @@ def _prompt_list(reply: str) -> list:
     """The list the reply means as its prompts, before any check of the prompts themselves."""
     if not reply.strip():
         raise ReplyError(f"The reply was empty. Reply with only the JSON object {JSON_SHAPE}.")
+    try:  # what a server held to `reply_schema` sends
+        return PromptReply.model_validate_json(reply).prompts
+    except ValidationError:
+        pass
     value = _meant_value(_json_values(reply))
     if value is None:
         if "{" in reply:

@@ -66,6 +66,9 @@ BackendName = STORYLINE_BACKENDS.name_type()
 
 
 StorylineMode = Literal["plan", "follow"]
+# json_schema: vLLM, SGLang, LM Studio, llama.cpp's server and OpenAI hold the reply to the schema; json_object: only
+# to some JSON; text: no response_format (the lenient reading and re-asking still apply).
+ReplyFormat = Literal["json_schema", "json_object", "text"]
 
 
 def _watching_backends() -> list[str]:
@@ -89,7 +92,9 @@ class StorylineRequest(BaseModel):
     openai_base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     openai_model: str | None = Field(None, description="openai: the model name the server serves")
     openai_api_key_env: str = Field("OPENAI_API_KEY", description="openai: name of the variable holding the key")
-    openai_json_mode: bool = Field(True, description="openai: ask for response_format json_object")
+    openai_reply_format: ReplyFormat = Field(
+        "json_schema", description="openai: the response_format asked for (json_schema: exactly L prompts)"
+    )
     timeout_s: float = Field(300.0, gt=0, description="openai: one request")
     max_new_tokens: int | None = Field(None, ge=16, description="longest reply in tokens (default: 200 per prompt)")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy (repeatable); above 0: sampled")
