@@ -27,11 +27,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
 from flows.story import follower, story_for
-from flows.task_results import RESULTS, worth_retrying
+from flows.task_results import RESULTS, cached_network_task
 from pipeline.assemble import assemble_run, join_run_chapters
 from pipeline.cache_folder import clip_store_folder
 from pipeline.hashing import content_digest
@@ -64,15 +63,7 @@ def _retrieve_key(context, parameters) -> str:
     )
 
 
-@task(
-    name="retrieve",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=4),
-    retry_condition_fn=worth_retrying,
-    cache_key_fn=_retrieve_key,
-    persist_result=True,
-    result_storage=RESULTS,
-)
+@cached_network_task("retrieve", _retrieve_key, retries=3)
 def retrieve(request: RetrieveRequest, run_dir: Path, max_width: int, count: int) -> dict:
     """Pictures for the keywords, checked; the `count` best normalised (one per chapter).
 

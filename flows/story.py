@@ -5,10 +5,9 @@ prompt after the first, written once the clip before it exists and keyed by that
 import time
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
+from prefect import get_run_logger
 
-from flows.task_results import RESULTS, worth_retrying
+from flows.task_results import cached_network_task
 from pipeline.hashing import content_digest, file_sha256
 from pipeline.request import FilmRequest
 from pipeline.retrieve import normalise_reference
@@ -39,15 +38,7 @@ def _storyline_key(context, parameters) -> str:
     )
 
 
-@task(
-    name="storyline",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=4),
-    retry_condition_fn=worth_retrying,
-    cache_key_fn=_storyline_key,
-    persist_result=True,
-    result_storage=RESULTS,
-)
+@cached_network_task("storyline", _storyline_key)
 def storyline(request: StorylineRequest, image: Path) -> Storyline:
     """The prompt stream for the picture; a local Qwen is unloaded afterwards to leave the GPU to Wan."""
     try:
@@ -72,16 +63,7 @@ def _follow_key(context, parameters) -> str:
     )
 
 
-@task(
-    name="follow-prompt",
-    task_run_name="prompt-{k:04d}",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=4),
-    retry_condition_fn=worth_retrying,
-    cache_key_fn=_follow_key,
-    persist_result=True,
-    result_storage=RESULTS,
-)
+@cached_network_task("follow-prompt", _follow_key, task_run_name="prompt-{k:04d}")
 def follow_prompt_task(
     request: StorylineRequest,
     picture: Path,

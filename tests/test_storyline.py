@@ -4,12 +4,11 @@ import base64
 import io
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from chat_server import FakeChatServer, completion
 from PIL import Image
 from pydantic import ValidationError
 from qwen_vl_utils import smart_resize
@@ -308,45 +307,6 @@ def test_qwen_folder_that_lacks_files_says_which(tmp_path, picture):
 
 
 # ---------------------------------------------------------------- the openai backend against a local server
-
-
-class FakeChatServer:
-    """An OpenAI-compatible chat server on 127.0.0.1 answering from a script of (status, body) pairs."""
-
-    def __init__(self, answers: list[tuple[int, dict]]):
-        self.answers = list(answers)
-        self.requests: list[tuple[str, dict, dict]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append((self.path, dict(self.headers), body))
-                status, answer = server.answers.pop(0)
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def completion(content: str | None) -> dict:
-    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
 
 def openai_request(base_url: str, **fields) -> StorylineRequest:

@@ -6,12 +6,11 @@ import base64
 import io
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import yaml
+from chat_server import FakeChatServer, completion
 from PIL import Image
 
 from flows.film import film
@@ -28,51 +27,22 @@ PLAN = [
 ]
 
 
-class StoryServer:
-    """An OpenAI-compatible chat server on 127.0.0.1 that writes a plan of 4 prompts, or, asked to follow, one
-    prompt naming the clip it was asked for and how many frames it was shown. Keeps every request body."""
+def write_story(body: dict) -> tuple[int, dict]:
+    """The chat server's answer: a plan of 4 prompts, or, asked to follow, one prompt naming the clip it was asked
+    for and how many frames it was shown."""
+    *images, text = body["messages"][0]["content"]
+    asked = re.search(r"Write the prompt for clip (\d+) of", text["text"])
+    if not asked:
+        return 200, completion(json.dumps({"prompts": PLAN}))
+    prompt = (
+        f"Clip {asked.group(1)} follows what {len(images) - 1} frames show: the red ball keeps rolling left across "
+        "the striped floor in the same soft light."
+    )
+    return 200, completion(json.dumps({"prompts": [prompt]}))
 
-    def __init__(self):
-        self.bodies: list[dict] = []
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.bodies.append(body)
-                *images, text = body["messages"][0]["content"]
-                asked = re.search(r"Write the prompt for clip (\d+) of", text["text"])
-                if asked:
-                    prompts = [
-                        f"Clip {asked.group(1)} follows what {len(images) - 1} frames show: the red ball keeps rolling "
-                        "left across the striped floor in the same soft light."
-                    ]
-                else:
-                    prompts = PLAN
-                reply = {"choices": [{"message": {"role": "assistant", "content": json.dumps({"prompts": prompts})}}]}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def follow_bodies(self) -> list[dict]:
-        return [b for b in self.bodies if "Write the prompt for clip" in b["messages"][0]["content"][-1]["text"]]
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def follow_bodies(server: FakeChatServer) -> list[dict]:
+    return [b for b in server.bodies() if "Write the prompt for clip" in b["messages"][0]["content"][-1]["text"]]
 
 
 @pytest.fixture
@@ -95,7 +65,7 @@ def decoded(part: dict) -> np.ndarray:
 
 def test_follow_mode_writes_each_prompt_from_the_clip_before_it(tmp_path, monkeypatch, rendered):
     monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "cache"))
-    with StoryServer() as server:
+    with FakeChatServer(write_story) as server:
         request = FilmRequest(
             clips=4, num_frames=9, steps=2, max_width=128, run_dir=tmp_path / "run", openai_base_url=server.base_url,
             openai_model="qwen2.5-vl-7b", storyline_mode="follow", follow_frames=3,
@@ -105,8 +75,8 @@ def test_follow_mode_writes_each_prompt_from_the_clip_before_it(tmp_path, monkey
         assert rendered == [0, 1, 2, 3]
 
         # One plan, then one ask per clip after the first, each shown the first picture and clip k−1's last frames.
-        follows = server.follow_bodies()
-        assert len(server.bodies) == 4 and len(follows) == 3
+        follows = follow_bodies(server)
+        assert len(server.bodies()) == 4 and len(follows) == 3
         for k, body in enumerate(follows, start=1):
             *images, text = body["messages"][0]["content"]
             assert f"Write the prompt for clip {k + 1} of 4" in text["text"]
@@ -117,7 +87,7 @@ def test_follow_mode_writes_each_prompt_from_the_clip_before_it(tmp_path, monkey
             assert all(np.array_equal(decoded(i), f) for i, f in zip(images[1:], last, strict=True))
         # Each ask is held to its own reply schema: 4 prompts for the plan, 1 for each follow ask.
         counts = [
-            b["response_format"]["json_schema"]["schema"]["properties"]["prompts"]["maxItems"] for b in server.bodies
+            b["response_format"]["json_schema"]["schema"]["properties"]["prompts"]["maxItems"] for b in server.bodies()
         ]
         assert counts == [4, 1, 1, 1]
         # The story so far is what the clips before were rendered from.
@@ -133,7 +103,7 @@ def test_follow_mode_writes_each_prompt_from_the_clip_before_it(tmp_path, monkey
         # Run again: every clip and every prompt is reused.
         rendered.clear()
         film(request)
-        assert rendered == [] and len(server.bodies) == 4
+        assert rendered == [] and len(server.bodies()) == 4
 
         # Clip 2's prompt edited by hand: kept; clips 2 and 3 are made again, and clip 3's prompt is written anew
         # from the new clip 2 (one more ask).
@@ -142,10 +112,10 @@ def test_follow_mode_writes_each_prompt_from_the_clip_before_it(tmp_path, monkey
         written["prompts"][2] = edited
         run.storyline.write_text(yaml.safe_dump(written))
         film(request)
-        assert rendered == [2, 3] and len(server.follow_bodies()) == 4
+        assert rendered == [2, 3] and len(follow_bodies(server)) == 4
         again = yaml.safe_load(run.storyline.read_text())
         assert again["prompts"][:3] == [*written["prompts"][:2], edited]
-        assert server.follow_bodies()[-1]["messages"][0]["content"][-1]["text"].count(edited) == 1
+        assert follow_bodies(server)[-1]["messages"][0]["content"][-1]["text"].count(edited) == 1
         assert np.array_equal(read_clip(run.clip(1)), clip_1)
 
 
