@@ -43,7 +43,7 @@ def main() -> None:
     from flows.film import film
     from pipeline.request import FilmRequest
     from pipeline.run_folder import RunFolder, load_reference_png, save_reference_png
-    from pipeline.storyline import read_prompt_file
+    from pipeline.storyline import read_prompt_stream
     from pipeline.synthesize import ClipStore, loaded_sampler, synthesize_clip
     from svi_model.chain import FilmRenderer
     from svi_model.tiny import save_tiny_model
@@ -81,7 +81,7 @@ def main() -> None:
     flow_clip_s = json.loads(flow_run.manifest.read_text())["timings"]["synthesize"] / args.clips
     flow_model_s, model_s[0] = model_s[0] / args.clips, 0.0
 
-    job = request(flow_run.root).clip_job(read_prompt_file(flow_run.storyline))
+    job = request(flow_run.root).clip_job(read_prompt_stream(flow_run.storyline))
     stage_run = RunFolder(work / "stage")
     save_reference_png(load_reference_png(flow_run.reference), stage_run.reference)
     store = ClipStore(work / "stage-store")

@@ -38,9 +38,10 @@ from pipeline.input_checks import check_inputs
 from pipeline.request import FilmRequest, start_run
 from pipeline.retrieve import RetrieveRequest, choose_references, normalise_reference, retrieve_images
 from pipeline.run_folder import RunFolder
-from pipeline.storyline import read_prompt_file
+from pipeline.storyline import PromptStream, read_prompt_stream
 from pipeline.synthesize import ClipJob, ClipResult, ClipStore, render_clips, synthesize_clip
 from svi_model.atomic_files import atomic_path
+from svi_model.clip_overrides import ClipOverrides
 from svi_model.tiny import save_tiny_model
 
 RETRIEVE_VERSION = "retrieve-2"
@@ -256,7 +257,7 @@ def _render_chapter(
         next_prompts=next_prompts,
     )
     if next_prompts is not None:
-        prompt_stream = read_prompt_file(run.storyline)
+        prompt_stream = read_prompt_stream(run.storyline)
     timings["synthesize"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -284,13 +285,19 @@ def _storyboard_markdown(path: Path, width: int = 960) -> str:
     return f"![storyboard](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})\n\n`{path.resolve()}`"
 
 
-def _summary(request: FilmRequest, run: RunFolder, timings: dict[str, float], prompts: list[str]) -> str:
+def _summary(request: FilmRequest, run: RunFolder, timings: dict[str, float], stream: PromptStream) -> str:
     rows = "\n".join(f"| {stage} | {seconds:.1f} s |" for stage, seconds in timings.items())
-    settings = request.settings()
-    beats = "\n".join(f"{k + 1}. {settings.prompt_for(k, prompts)}" for k in range(request.clips))
+    job = request.clip_job(stream)
+    beats = "\n".join(f"{k + 1}. {job.prompt_for(k)}{_overridden(job.overrides_for(k))}" for k in range(request.clips))
     return (
         f"# {', '.join(request.keywords)}\n\n"
         f"- film: `{run.film.resolve()}`\n- subtitles: `{run.subtitles.resolve()}`\n"
         f"- storyboard: `{run.storyboard.resolve()}`\n- manifest: `{run.manifest.resolve()}`\n\n"
         f"| stage | time |\n|---|---|\n{rows}\n\n## Storyline\n{beats}\n"
     )
+
+
+def _overridden(overrides: ClipOverrides | None) -> str:
+    """What a clip's stream entry sets for it, as the storyline artifact shows it after the prompt."""
+    given = overrides.given() if overrides is not None else {}
+    return f" *({', '.join(f'{name} {value}' for name, value in given.items())})*" if given else ""

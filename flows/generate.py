@@ -35,7 +35,7 @@ def generate_request(fields: dict[str, Any], out: Path) -> FilmRequest:
     if "clips" in fields:
         return request
     # Without --clips, one clip per prompt of the stream (each shown `prompt_repeat` times).
-    clips = len(request.own_prompt_stream()) * request.settings().prompt_repeat
+    clips = len(request.own_prompt_stream()[0]) * request.settings().prompt_repeat
     return FilmRequest(**{**request.model_dump(), "clips": clips})
 
 
@@ -58,8 +58,7 @@ def generate_film(request: FilmRequest, out: Path) -> Path:
 
 
 def _generate(request: FilmRequest, out: Path) -> Path:
-    prompts = request.own_prompt_stream()
-    job = request.clip_job(prompts)
+    job = request.clip_job(request.own_prompt_stream())
     run = start_run(request)
     normalise_reference(request.retrieve.images[0], run.reference, max_width=request.render.max_width)
     loaded_sampler(job.engine)  # a model folder that cannot load fails here, before any progress bar is drawn

@@ -13,10 +13,11 @@ from pipeline.request import FilmRequest
 from pipeline.retrieve import normalise_reference
 from pipeline.run_folder import RunFolder
 from pipeline.storyline import (
+    PromptStream,
     Storyline,
     StorylineRequest,
     follow_prompt,
-    read_prompt_file,
+    read_prompt_stream,
     read_storyline,
     save_storyline,
     write_storyline,
@@ -99,23 +100,25 @@ def follower(request: FilmRequest, run: RunFolder) -> NextPrompts:
     return next_prompts
 
 
-def story_for(request: FilmRequest, run: RunFolder, picture: Path, timings: dict[str, float]) -> list[str]:
-    """The reference frame from `picture`, and the prompt stream written for it (or taken); returns the prompts."""
+def story_for(request: FilmRequest, run: RunFolder, picture: Path, timings: dict[str, float]) -> PromptStream:
+    """The reference frame from `picture`, and the prompt stream written for it (or taken), with the overrides its
+    entries set."""
     normalise_reference(picture, run.reference, max_width=request.render.max_width)
     start = time.perf_counter()
     if request.own_prompts():
-        prompts = request.own_prompt_stream()
+        stream = request.own_prompt_stream()
     elif run.storyline.is_file():
         get_run_logger().info(
             "using %s as it is (edit it to change the film; delete it to write a new one)", run.storyline
         )
-        prompts = read_prompt_file(run.storyline)
+        stream = read_prompt_stream(run.storyline)
     else:
         written = storyline(request.storyline_request(), run.reference)
         if request.follows():  # the plan's prompts stay on record as the beats follow mode writes towards
             written = written.model_copy(update={"planned": written.prompts})
         save_storyline(written, run.storyline)
-        prompts = written.prompts
+        stream = written.prompts, []
+    prompts = stream[0]
     if len(prompts) < request.clips and request.settings().prompt_mode == "stream" and not request.follows():
         remedy = (
             f"write one for every clip in {request.storyline.prompts or 'the request'}"
@@ -126,4 +129,4 @@ def story_for(request: FilmRequest, run: RunFolder, picture: Path, timings: dict
             "%d prompts for %d clips: the stream starts over (%s)", len(prompts), request.clips, remedy
         )
     timings["storyline"] = time.perf_counter() - start
-    return prompts
+    return stream

@@ -36,7 +36,7 @@ from .keywords import Keywords
 from .retrieve import RetrieveRequest
 from .retrieve.request import SourceName
 from .run_folder import RunFolder, clear_run
-from .storyline import StorylineRequest, read_prompt_file
+from .storyline import PromptStream, StorylineRequest, read_prompt_stream
 from .storyline.request import BackendName, StorylineMode
 from .synthesize import ClipJob, EngineSpec
 from .synthesize.checks import CheckName
@@ -279,9 +279,12 @@ class FilmRequest(BaseModel):
         them empty (a null in a choice field would be refused when the form is sent)."""
         return _none_dropped(self.model_dump(mode="json"))
 
-    def own_prompt_stream(self) -> list[str]:
-        """The prompt stream the user gave: the prompts themselves, or those in their file."""
-        return list(self.storyline.prompt) or read_prompt_file(self.storyline.prompts)
+    def own_prompt_stream(self) -> PromptStream:
+        """The prompt stream the user gave (the prompts themselves, or those in their file), with the overrides its
+        entries set."""
+        if self.storyline.prompt:
+            return list(self.storyline.prompt), [None] * len(self.storyline.prompt)
+        return read_prompt_stream(self.storyline.prompts)
 
     def chapter_count(self) -> int:
         """Chapters of the film: one per picture given, else `chapters` (each from its own retrieved picture)."""
@@ -327,12 +330,14 @@ class FilmRequest(BaseModel):
                 fields["lora"] = shipped / DEMO_LORA_FILE
         return EngineSpec(model=model, **fields, **({"device": render.device} if render.device else {}))
 
-    def clip_job(self, prompts: list[str]) -> ClipJob:
-        """What decides every clip of this film's run folder, given its prompt stream."""
+    def clip_job(self, stream: PromptStream) -> ClipJob:
+        """What decides every clip of this film's run folder, given its prompt stream (and its entries' overrides)."""
         render = self.render
+        prompts, overrides = stream
         return ClipJob(
             settings=self.settings(),
             prompts=prompts,
+            overrides=overrides,
             engine=self.engine(),
             fps=render.fps,
             checks=tuple(render.checks),

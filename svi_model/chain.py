@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .clip_overrides import NO_OVERRIDES, ClipOverrides
 from .conditioning import condition_video, latent_frame_count, pro_condition_latents, unit_range
 from .modes import FilmSettings
 from .sampler import ClipCondition, ClipOutput, ClipSampler, StepCallback
@@ -42,9 +43,17 @@ class FilmRenderer:
         sampler: the loaded model.
         reference: uint8 `[H, W, 3]`, the first frame at the film's size (sides multiples of 16).
         prompts: the prompt stream; which prompt clip k uses is the settings' rule.
+        overrides: beside each entry of the stream, the settings it sets for its clips (None: none).
     """
 
-    def __init__(self, sampler: ClipSampler, settings: FilmSettings, reference: torch.Tensor, prompts: list[str]):
+    def __init__(
+        self,
+        sampler: ClipSampler,
+        settings: FilmSettings,
+        reference: torch.Tensor,
+        prompts: list[str],
+        overrides: list[ClipOverrides | None] | None = None,
+    ):
         if not prompts or not all(p.strip() for p in prompts):
             raise ValueError("the prompt stream is empty or has an empty prompt: give at least one non-empty prompt")
         height, width = reference.shape[:2]
@@ -54,6 +63,7 @@ class FilmRenderer:
         self.settings = settings
         self.reference = reference
         self.prompts = list(prompts)
+        self.overrides = list(overrides or [])
         self._anchor_latent: torch.Tensor | None = None
 
     def condition(self, clip: int, state: ChainState | None) -> ClipCondition:
@@ -105,6 +115,11 @@ class FilmRenderer:
             output, state = self.render_clip(k, state if k > 0 else None, on_step)
             yield k, output, state
 
+    def overrides_for(self, clip: int) -> ClipOverrides:
+        """What the stream entry clip `clip` takes its prompt from sets for it."""
+        entry = self.settings.entry_for(clip, len(self.prompts))
+        return (self.overrides[entry] if entry < len(self.overrides) else None) or NO_OVERRIDES
+
     def render_clip(
         self, clip: int, state: ChainState | None, on_step: StepCallback | None = None, attempt: int = 0
     ) -> tuple[ClipOutput, ChainState]:
@@ -113,10 +128,11 @@ class FilmRenderer:
         attempt: 0 for the clip as the film is defined; 1, 2, … re-render it with other seeds (`seed_for`) after it
         failed a per-clip check.
         """
-        s = self.settings
+        overrides = self.overrides_for(clip)
+        s = overrides.settings(self.settings)
         output = self.sampler.render(
             s.prompt_for(clip, self.prompts),
-            s.seed_for(clip, attempt),
+            overrides.seed_for(self.settings, clip, attempt),
             self.condition(clip, state),
             steps=s.steps,
             guidance_scale=s.guidance_scale,
@@ -124,6 +140,7 @@ class FilmRenderer:
             guidance_scale_2=s.guidance_scale_2,
             shift=s.shift,
             high_noise_steps=s.high_noise_steps,
+            negative_prompt=overrides.negative_prompt,
         )
         return output, self.state_after(output)
 

@@ -95,11 +95,13 @@ class FilmSettings(BaseModel):
         """Frames in a film of `num_clips` clips."""
         return num_clips * (self.num_frames - self.overlap) + self.overlap
 
+    def entry_for(self, clip: int, entries: int) -> int:
+        """Which of the stream's `entries` clip `clip` takes its prompt from: the first, or `(clip // repeat) % L`."""
+        return 0 if self.prompt_mode == "first" else (clip // self.prompt_repeat) % entries
+
     def prompt_for(self, clip: int, prompts: list[str]) -> str:
-        """The prompt of clip `clip`: the first one, or the stream's `prompts[(clip // repeat) % len]`."""
-        if self.prompt_mode == "first":
-            return prompts[0]
-        return prompts[(clip // self.prompt_repeat) % len(prompts)]
+        """The prompt of clip `clip` (`entry_for`)."""
+        return prompts[self.entry_for(clip, len(prompts))]
 
     def seed_for(self, clip: int, attempt: int = 0) -> int:
         """Clip k's noise seed. Attempts are re-renders of a clip that failed a per-clip check.

@@ -280,14 +280,16 @@ class ClipSampler:
         guidance_scale_2: float | None = None,
         shift: float | None = None,
         high_noise_steps: int | None = None,
+        negative_prompt: str | None = None,
     ) -> ClipOutput:
         """One clip: denoise under `condition`, decode in the VAE's dtype, truncate to uint8.
 
         guidance_scale_2: the low-noise expert's guidance with two experts (default: `guidance_scale`).
         shift, high_noise_steps: another schedule shift, and the experts split by step count (distill recipes).
+        negative_prompt: this clip's, instead of the sampler's.
         """
         guided = max(guidance_scale, guidance_scale if guidance_scale_2 is None else guidance_scale_2) > 1.0
-        negative = self.text_embeddings(self.negative_prompt) if guided else None
+        negative = self.text_embeddings(negative_prompt or self.negative_prompt) if guided else None
         latents = self.denoise(
             mask_and_latents(condition.latents),
             self.image_embeddings(condition.image_encoder_frame),

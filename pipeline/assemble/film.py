@@ -19,7 +19,7 @@ from svi_model.atomic_files import atomic_path, write_text_atomic
 from ..hashing import file_sha256
 from ..request import FilmRequest, read_run_request
 from ..run_folder import RunFolder
-from ..storyline import read_prompt_file
+from ..storyline import PromptStream, read_prompt_stream
 from ..synthesize import EngineSpec
 from ..synthesize.seals import clip_damage
 from .film_video import FilmFrames, join_chapters, stitched_clips, write_film
@@ -113,7 +113,8 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
     run = RunFolder(Path(run_dir))
     request = read_run_request(run)
     settings = request.settings()
-    prompts, prompts_record = _prompt_stream(request, run)
+    stream, prompts_record = _prompt_stream(request, run)
+    job = request.clip_job(stream)
     clip_paths = [run.clip(k) for k in range(request.clips)]
     missing = [path.name for path in clip_paths if not path.is_file()]
     if missing:
@@ -131,7 +132,7 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
                 f"{path} is damaged ({damage}); the film was left as it was: run `svi film --run-dir {run.root}` "
                 "again to make the clip again"
             )
-    clip_prompts = [settings.prompt_for(k, prompts) for k in range(request.clips)]
+    clip_prompts = [job.prompt_for(k) for k in range(request.clips)]
     previous = _previous_timings(run.manifest) if timings is None else dict(timings)
 
     film = FilmFrames(stitched_clips(settings, clip_paths))
@@ -157,6 +158,7 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
                 "file": str(path.relative_to(run.root)),
                 "sha256": file_sha256(path),
                 "prompt": prompt,
+                **({"overrides": job.overrides_for(k).given()} if job.overrides_for(k) is not None else {}),
                 "film_frames": [span.start, span.stop],
                 "attempts": _attempts(run, k),
             }
@@ -178,7 +180,7 @@ def assemble_run(run_dir: Path, timings: dict[str, float] | None = None) -> Path
     return run.film
 
 
-def _prompt_stream(request: FilmRequest, run: RunFolder) -> tuple[list[str], dict]:
+def _prompt_stream(request: FilmRequest, run: RunFolder) -> tuple[PromptStream, dict]:
     """The film's prompts (given in the request, from the user's file, or the run's storyline.yaml) and what the
     manifest records of where they came from."""
     if request.storyline.prompt:
@@ -188,7 +190,7 @@ def _prompt_stream(request: FilmRequest, run: RunFolder) -> tuple[list[str], dic
         raise FileNotFoundError(
             f"{path} is missing: run `svi film --run-dir {run.root}` (or `svi prompts`) to write the prompts"
         )
-    return read_prompt_file(path), {"path": str(path), "sha256": file_sha256(path)}
+    return read_prompt_stream(path), {"path": str(path), "sha256": file_sha256(path)}
 
 
 def _attempts(run: RunFolder, k: int) -> list[dict]:

@@ -3,7 +3,7 @@ the backends in `STORYLINE_BACKENDS` (built in: `backends.py`), or read from the
 
 from .backends import write_storyline
 from .follow import follow_prompt
-from .prompt_files import PromptFileError, read_prompt_file
+from .prompt_files import PromptFileError, PromptStream, read_prompt_file, read_prompt_stream
 from .request import (
     STORYLINE_BACKENDS,
     ChatTurn,
@@ -25,7 +25,9 @@ __all__ = [
     "StorylineRequest",
     "StorylineServerError",
     "follow_prompt",
+    "PromptStream",
     "read_prompt_file",
+    "read_prompt_stream",
     "read_storyline",
     "save_storyline",
     "storyline_yaml",

@@ -11,6 +11,8 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from svi_model.clip_overrides import ClipOverrides
+
 from ..keywords import Keywords
 from ..registry import Registry
 
@@ -142,6 +144,9 @@ class Storyline(BaseModel):
     keywords: list[str] = Field(default_factory=list)
     style: str | None = None
     genre: str | None = None
+    overrides: list[ClipOverrides | None] = Field(
+        default_factory=list, description="beside each prompt, the settings its entry sets (edited in by hand)"
+    )
     planned: list[str] = Field(default_factory=list, description="follow: the prompts as the plan wrote them")
     followed: list[str | None] = Field(
         default_factory=list, description="follow: the prompt the model wrote from the clip before, per clip"

@@ -1,12 +1,12 @@
 """The synthesize stage: one clip at a time into the run folder, reusing any clip already made, rendering again
 a clip that fails the request's checks.
 
-A clip is fully decided by its *clip key*: the stage version, the engine's identity (model folder, LoRA, dtype),
-the clip settings, its prompt and seed, the reference image, the exact state the previous clip handed over, and
-the checks it must pass (when there are any). Finished clips live in a content-addressed store keyed by it
-(`ClipStore`), so a retried run, a rerun, or another run folder with the same inputs reuses them without touching
-the GPU; changing the prompt of clip 3 changes the keys of clips 3, 4, … (each depends on the state before it) and
-nothing before.
+A clip is fully decided by its *clip key*: the stage version, the engine's identity (model folder, LoRA, dtype), the
+clip settings, its prompt and seed (and the overrides its stream entry sets), the reference image, the exact state
+the previous clip handed over, and the checks it must pass (when there are any). Finished clips live in a
+content-addressed store keyed by it (`ClipStore`), so a retried run, a rerun, or another run folder with the same
+inputs reuses them without touching the GPU; changing the prompt of clip 3 changes the keys of clips 3, 4, … (each
+depends on the state before it) and nothing before.
 """
 
 import logging
@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from svi_model.chain import ChainState, FilmRenderer
+from svi_model.clip_overrides import ClipOverrides
 from svi_model.modes import FilmSettings
 from svi_model.sampler import ClipOutput, StepCallback
 
@@ -63,10 +64,21 @@ class ClipJob(BaseModel):
 
     settings: FilmSettings
     prompts: list[str] = Field(min_length=1, description="the prompt stream; clip k's is the settings' rule")
+    overrides: list[ClipOverrides | None] = Field(
+        default_factory=list, description="beside each entry of the stream, the settings it sets for its clips"
+    )
     engine: EngineSpec
     fps: float = 16.0
     checks: tuple[str, ...] = Field((), description="names in CLIP_CHECKS a clip must pass")
     max_attempts: int = Field(1, ge=1, description="renders a clip may take to pass its checks")
+
+    def prompt_for(self, k: int) -> str:
+        return self.settings.prompt_for(k, self.prompts)
+
+    def overrides_for(self, k: int) -> ClipOverrides | None:
+        """What the stream entry clip k takes its prompt from sets for it (None: nothing)."""
+        entry = self.settings.entry_for(k, len(self.prompts))
+        return self.overrides[entry] if entry < len(self.overrides) else None
 
 
 @dataclass
@@ -93,6 +105,9 @@ def clip_key(k: int, job: ClipJob, reference: torch.Tensor, previous: ChainState
         "reference": tensor_digest({"reference": reference}),
         "previous": None if previous is None else tensor_digest(previous.tensors()),
     }
+    overrides = job.overrides_for(k)
+    if overrides is not None and overrides.given():  # (absent without overrides: keys made before them still match)
+        fields["overrides"] = overrides.given()
     if job.checks:  # without checks the key is what it was before checks existed, so stored clips still match
         fields["checks"] = {"names": list(job.checks), "max_attempts": job.max_attempts}
     return content_digest(fields)
@@ -132,13 +147,13 @@ def _render_until_checks_pass(
 ) -> tuple[ClipOutput, ChainState, list[dict]]:
     """Clip `k`'s last render (the first that passes every check, or the last attempt), the state after it, and the
     record of every render."""
-    renderer = FilmRenderer(loaded_sampler(job.engine), job.settings, reference, job.prompts)
+    renderer = FilmRenderer(loaded_sampler(job.engine), job.settings, reference, job.prompts, job.overrides)
     attempts = []
     for attempt in range(job.max_attempts):
         output, state = renderer.render_clip(k, previous, on_step, attempt=attempt)
         found = verdicts(output.frames, job.checks)
         failed = {name: why for name, why in found.items() if why}
-        seed = job.settings.seed_for(k, attempt)
+        seed = renderer.overrides_for(k).seed_for(job.settings, k, attempt)
         attempts.append({"attempt": attempt, "seed": seed, "verdicts": found, "passed": not failed})
         if not failed:
             break
