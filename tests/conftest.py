@@ -8,13 +8,17 @@ os.environ["SVI_CACHE_DIR"] = tempfile.mkdtemp(prefix="svi-test-cache-")
 # name its folder. Set here, so `svi` subprocesses inherit it.
 os.environ["SVI_DEMO_MODEL"] = "random"
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from diffusers import WanImageToVideoPipeline
+from PIL import Image
 
 from svi_model.sampler import ClipSampler
 from svi_model.schedule import SVIFlowMatchScheduler
-from svi_model.tiny import tiny_components
+from svi_model.tiny import save_tiny_model, tiny_components
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +28,20 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random Wan2.1-I2V model folder (diffusers layout, real classes), built once; tests only read it."""
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny-wan")
+
+
+@pytest.fixture
+def picture(tmp_path) -> Path:
+    """A 48×32 picture of noise to start a film from."""
+    path = tmp_path / "frame.png"
+    Image.fromarray((np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8)).save(path)
+    return path
 
 
 @pytest.fixture(scope="session")

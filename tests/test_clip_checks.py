@@ -12,12 +12,6 @@ from flows.cli import main
 from pipeline.synthesize import CLIP_CHECKS, ClipCheck
 from pipeline.synthesize.checks import frozen_clip
 from svi_model.modes import mode_settings
-from svi_model.tiny import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny-wan")
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ again), reach the sampler, and are recorded in the manifest and kept through sto
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from flows.cli import main
 from flows.film import film
@@ -16,7 +14,6 @@ from pipeline.request import FilmRequest
 from pipeline.storyline import Storyline, read_prompt_stream, read_storyline, save_storyline
 from svi_model.clip_overrides import ClipOverrides
 from svi_model.sampler import ClipSampler
-from svi_model.tiny import save_tiny_model
 from svi_model.video_files import read_clip
 
 PROMPTS = [
@@ -25,18 +22,6 @@ PROMPTS = [
     "the ball bounces over a stone",
     "the ball comes to rest by a tree",
 ]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny-wan")
-
-
-@pytest.fixture
-def picture(tmp_path):
-    path = tmp_path / "frame.png"
-    Image.fromarray((np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture

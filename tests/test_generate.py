@@ -12,13 +12,7 @@ from PIL import Image
 
 from flows.cli import main
 from svi_model.sampler import ClipSampler
-from svi_model.tiny import save_tiny_model
 from svi_model.video_files import read_clip
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny-wan")
 
 
 @pytest.fixture

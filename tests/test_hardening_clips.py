@@ -11,13 +11,7 @@ from pipeline.run_folder import load_state, save_state
 from pipeline.synthesize import ClipStore
 from pipeline.synthesize.seals import clip_damage, read_seal, save_sealed_state
 from svi_model.chain import ChainState
-from svi_model.tiny import save_tiny_model
 from svi_model.video_files import read_clip, write_clip
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny-wan")
 
 
 @pytest.fixture

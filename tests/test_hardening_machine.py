@@ -24,22 +24,9 @@ from pipeline.synthesize import ClipStore
 from svi_model import video_files
 from svi_model.atomic_files import PARTIAL
 from svi_model.chain import FilmRenderer
-from svi_model.tiny import save_tiny_model
 from svi_model.video_files import VideoWriteError, read_clip, write_clip
 
 SMALL = ["--clips", "1", "--num-frames", "9", "--steps", "2", "--max-width", "128"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny-wan")
-
-
-@pytest.fixture
-def picture(tmp_path):
-    path = tmp_path / "frame.png"
-    Image.fromarray((np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8)).save(path)
-    return path
 
 
 def generate_args(model_dir: Path, picture: Path, out: Path) -> list[str]:
