@@ -44,11 +44,12 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from flows.film import film
+    from pipeline.cache_folder import anchored_paths
     from pipeline.input_checks import check_inputs
     from pipeline.request import FilmRequest
     from pipeline.run_folder import RunFolder
 
-    request = FilmRequest(keywords=args.keywords, clips=args.clips, run_dir=args.run_dir)
+    request = anchored_paths(FilmRequest(keywords=args.keywords, clips=args.clips, run_dir=args.run_dir), Path.cwd())
     check_inputs(request)
     _check_prefect_server()
     if request.uses_random_weights():
@@ -67,11 +68,13 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _film_request(args: argparse.Namespace):
-    """The request the flags make, its files checked before a Prefect server is started for it."""
+    """The request the flags make (its relative paths taken from here, not from the data root as in a flow), its
+    files checked before a Prefect server is started for it."""
+    from pipeline.cache_folder import anchored_paths
     from pipeline.input_checks import check_inputs
     from pipeline.request import FilmRequest
 
-    request = FilmRequest(**given_fields(args))
+    request = anchored_paths(FilmRequest(**given_fields(args)), Path.cwd())
     check_inputs(request)
     _check_prefect_server()
     return request
@@ -118,6 +121,23 @@ def _serve(args: argparse.Namespace) -> None:
     from flows.serve import serve_flows
 
     serve_flows(gpu_slots=args.gpu_slots)
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from flows.deploy import deploy_flows
+
+    _check_prefect_server()
+    for name in deploy_flows(args.pool):
+        print(f"deployed {name} on work pool {args.pool}")
+    print(f"start a worker per GPU: svi worker --pool {args.pool} --gpu 0")
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from flows.deploy import worker_command
+
+    _check_prefect_server()
+    command, environment = worker_command(args.pool, args.gpu, args.name)
+    os.execve(command[0], command, environment)
 
 
 def _server(args: argparse.Namespace) -> None:
@@ -270,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         "everyone on the network)",
     )
     server.set_defaults(run=_server)
+    deploy = commands.add_parser("deploy", help="put the flows on a Prefect work pool, for workers on GPU machines")
+    deploy.add_argument("--pool", default="svi-gpu", help="the process work pool (made if missing)")
+    deploy.set_defaults(run=_deploy)
+    worker = commands.add_parser("worker", help="run the pool's films, one at a time, on this machine's GPU")
+    worker.add_argument("--pool", default="svi-gpu")
+    worker.add_argument("--gpu", help="the CUDA device this worker uses (sets CUDA_VISIBLE_DEVICES)")
+    worker.add_argument("--name", help="the worker's name (default: host and GPU)")
+    worker.set_defaults(run=_worker)
     batch = commands.add_parser("batch", help="make every film listed in a YAML file")
     batch.add_argument("file", type=Path)
     batch.set_defaults(run=_batch)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from flows.story import follower, story_for
 from flows.task_results import RESULTS, cached_network_task
 from pipeline.assemble import assemble_run, join_run_chapters
-from pipeline.cache_folder import clip_store_folder
+from pipeline.cache_folder import anchored_paths, cache_root, clip_store_folder
 from pipeline.hashing import content_digest
 from pipeline.input_checks import check_inputs
 from pipeline.request import FilmRequest, start_run
@@ -181,6 +181,7 @@ def _chapters(
 @flow(name="prompts", log_prints=True)
 def prompts(request: FilmRequest = FilmRequest()) -> list[Path]:
     """Only the storylines: retrieve the pictures and write storyline.yaml (per chapter), to edit before rendering."""
+    request = anchored_paths(request, cache_root())
     with _claimed_run_folder(request):
         run = _start_run(request)
         chapters = _chapters(request, run, {})
@@ -191,7 +192,9 @@ def prompts(request: FilmRequest = FilmRequest()) -> list[Path]:
 
 @flow(name="film", log_prints=True)
 def film(request: FilmRequest = FilmRequest()) -> Path:
-    """Make one film (its chapters joined with a crossfade); returns the path of film.mp4 in the run folder."""
+    """Make one film (its chapters joined with a crossfade); returns the path of film.mp4 in the run folder.
+    Relative paths in the request are taken from the data root (`cache_root`), wherever the flow runs."""
+    request = anchored_paths(request, cache_root())
     with _claimed_run_folder(request):
         return _film(request)
 

@@ -1,10 +1,12 @@
-"""`$SVI_CACHE_DIR` (by default `~/.cache/svi-film`): where work reusable across runs is kept, its parts, what
-they hold and how to free them.
+"""The data root, `$SVI_CACHE_DIR` (by default `$XDG_CACHE_HOME/svi-film`, else `~/.cache/svi-film`): where work
+reusable across runs is kept, its parts, what they hold and how to free them. With several machines it is the one
+shared folder (with the model folders), and a relative path in a request a deployment runs is taken from it.
 
 clips/             finished clips by content key (the synthesize stage's clip store)
 clips.locks/       one small lock file per clip being (or once) made, so two runs make a clip once
 prefect-results/   the flows' persisted task results
 tiny-model/        the demo's tiny random model
+runs/              run folders of requests that named them relative (`runs/film`, the default)
 
 Run folders keep their own clips (hard links to the store where the file system allows it, else copies), so
 clearing the cache never loses a film: it only means the next run that needs a clip renders it again.
@@ -14,11 +16,35 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def cache_root() -> Path:
-    """Where reusable work is kept: `$SVI_CACHE_DIR`, by default `~/.cache/svi-film`."""
-    return Path(os.environ.get("SVI_CACHE_DIR", Path.home() / ".cache" / "svi-film"))
+    """The data root: `$SVI_CACHE_DIR`, else `$XDG_CACHE_HOME/svi-film`, else `~/.cache/svi-film`."""
+    if os.environ.get("SVI_CACHE_DIR"):
+        return Path(os.environ["SVI_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "svi-film"
+
+
+def anchored_paths(model: Model, base: Path) -> Model:
+    """`model` with every relative path in it (a `Path` field, a list of them, in nested models too) taken from
+    `base`. The command line anchors a request at its working directory, a flow at the data root: a worker's own
+    working directory never decides where a film goes."""
+
+    def anchored(value):
+        if isinstance(value, Path):
+            return value if value.is_absolute() else Path(base) / value
+        if isinstance(value, list):
+            return [anchored(item) for item in value]
+        if isinstance(value, BaseModel):
+            return anchored_paths(value, base)
+        return value
+
+    return model.model_copy(update={name: anchored(getattr(model, name)) for name in type(model).model_fields})
 
 
 def clip_store_folder() -> Path:

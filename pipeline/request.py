@@ -296,7 +296,7 @@ class FilmRequest(BaseModel):
 
     def changes_from(self, stored: "FilmRequest") -> list[str]:
         """The settings in which this request makes another film than `stored` (more or fewer clips do not)."""
-        ignored = {"clips", "overwrite"}
+        ignored = {"clips", "overwrite", "run_dir"}  # (the folder itself: named relative or absolute, or moved)
         mine, theirs = self.flat(), stored.flat()
         return [name for name in mine if name not in ignored and mine[name] != theirs.get(name)]
 

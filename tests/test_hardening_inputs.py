@@ -31,20 +31,21 @@ def picture(tmp_path):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--images", "missing.png"], "missing.png does not exist"),
-        (["--prompts", "missing.txt"], "prompt file missing.txt does not exist"),
-        (["--model", "no-model"], "model folder no-model does not exist"),
-        (["--lora", "missing.safetensors"], "lora missing.safetensors does not exist"),
+        (["--images", "missing.png"], "image {here}/missing.png does not exist"),
+        (["--prompts", "missing.txt"], "prompt file {here}/missing.txt does not exist"),
+        (["--model", "no-model"], "model folder {here}/no-model does not exist"),
+        (["--lora", "missing.safetensors"], "lora {here}/missing.safetensors does not exist"),
         (["--stacked-loras", "gone.safetensors:0.5"], "stacked LoRA gone.safetensors does not exist"),
-        (["--backend", "qwen", "--qwen-model", "no-qwen"], "qwen_model no-qwen lacks the folder itself"),
+        (["--backend", "qwen", "--qwen-model", "no-qwen"], "qwen_model {here}/no-qwen lacks the folder itself"),
     ],
 )
 def test_a_bad_file_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch, flags, expected):
+    """Relative paths are named as the command line took them: from the working directory."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     assert main(["film", "--run-dir", str(run), *SMALL, *flags]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: ") and expected in error[0]
+    assert len(error) == 1 and error[0].startswith("error: ") and expected.format(here=tmp_path) in error[0], error
     assert not run.exists()
 
 
