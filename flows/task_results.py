@@ -1,5 +1,6 @@
 """Where the flows' tasks keep their results, and which failures they retry."""
 
+import os
 from collections.abc import Callable
 
 from prefect import task
@@ -7,8 +8,10 @@ from prefect.tasks import exponential_backoff
 
 from pipeline.cache_folder import task_results_folder
 
-# Persisted next to the clip store, so a retried or repeated run finds what an earlier one made.
-RESULTS = task_results_folder()
+# Persisted next to the clip store, so a retried or repeated run finds what an earlier one made; or in the Prefect
+# storage block `$SVI_RESULT_STORAGE` names (its slug, e.g. `s3-bucket/svi-results`) for machines without a shared
+# folder.
+RESULTS = os.environ.get("SVI_RESULT_STORAGE") or task_results_folder()
 
 
 def worth_retrying(task, task_run, state) -> bool:
