@@ -152,7 +152,7 @@ def _batch(args: argparse.Namespace) -> None:
     from flows.batch import batch
 
     _check_prefect_server()
-    for path in batch(args.file):
+    for path in batch(args.file.resolve(), fan_out=args.fan_out):
         print(f"wrote {path}")
 
 
@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.set_defaults(run=_worker)
     batch = commands.add_parser("batch", help="make every film listed in a YAML file")
     batch.add_argument("file", type=Path)
+    batch.add_argument(
+        "--fan-out", action="store_true", help="each film a run on the work pool (svi deploy), many at once"
+    )
     batch.set_defaults(run=_batch)
     cache = commands.add_parser("cache", help="what $SVI_CACHE_DIR holds (stored clips, task results); --clear")
     cache.add_argument("--clear", action="store_true", help="delete stored clips and task results (films are kept)")

@@ -4,8 +4,8 @@ A work pool of the `process` type holds the runs; each GPU machine starts one wo
 `prefect worker start --limit 1` with `CUDA_VISIBLE_DEVICES=N`), so one film at a time runs on a GPU, and as many
 films at once as there are GPUs. A worker runs each flow run in a new process from this project's folder (which
 every machine needs at the same path, like the model folders); relative paths in a request are taken from the data
-root (`pipeline.cache_folder`), which the machines share. `svi serve` (one process, no pool) stays the way to run on
-one machine.
+root (`pipeline.cache_folder`), which the machines share. A film run whose worker died is taken again by another
+(`crashes.py`). `svi serve` (one process, no pool) stays the way to run on one machine.
 """
 
 import os
@@ -19,6 +19,7 @@ from prefect.exceptions import ObjectNotFound
 from pipeline.request import FilmRequest
 
 from .batch import batch
+from .crashes import retry_crashed_runs
 from .film import film
 from .train import train_flow
 
@@ -48,9 +49,11 @@ def deploy_flows(pool: str = POOL) -> list[str]:
     ensure_work_pool(pool)
     names = []
     for name, (flow, entrypoint, defaults) in DEPLOYMENTS.items():
-        flow.from_source(source=str(PROJECT_FOLDER), entrypoint=entrypoint).deploy(
+        deployment_id = flow.from_source(source=str(PROJECT_FOLDER), entrypoint=entrypoint).deploy(
             name=name, work_pool_name=pool, parameters=defaults(), tags=["svi"], print_next_steps=False
         )
+        if flow is film:
+            retry_crashed_runs(deployment_id)
         names.append(f"{flow.name}/{name}")
     return names
 

@@ -29,6 +29,7 @@ from prefect.artifacts import (
 )
 from tqdm.auto import tqdm
 
+from flows.crashes import close_crashed_attempt
 from flows.story import follower, story_for
 from flows.task_results import RESULTS, cached_network_task
 from pipeline.assemble import assemble_run, join_run_chapters
@@ -194,6 +195,7 @@ def prompts(request: FilmRequest = FilmRequest()) -> list[Path]:
 def film(request: FilmRequest = FilmRequest()) -> Path:
     """Make one film (its chapters joined with a crossfade); returns the path of film.mp4 in the run folder.
     Relative paths in the request are taken from the data root (`cache_root`), wherever the flow runs."""
+    close_crashed_attempt()
     request = anchored_paths(request, cache_root())
     with _claimed_run_folder(request):
         return _film(request)

@@ -8,11 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
+from flows.batch import batch
 from flows.deploy import PROJECT_FOLDER, deploy_flows, worker_command
+from flows.film import film
+from pipeline.request import FilmRequest
+from svi_model.video_files import read_clip
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -87,3 +94,56 @@ def test_a_worker_pins_its_gpu():
     assert environment["CUDA_VISIBLE_DEVICES"] == "1" and os.environ.get("CUDA_VISIBLE_DEVICES") != "1"
     assert command[command.index("--limit") + 1] == "1" and command[command.index("--pool") + 1] == "svi-gpu"
     assert Path(command[0]).name == "prefect" and Path(command[0]).is_file()
+
+
+def test_a_batch_fans_its_films_out_to_the_workers(tmp_path, workers, monkeypatch):
+    monkeypatch.setenv("SVI_CACHE_DIR", str(workers))  # this process waits on the same data root
+    listing = tmp_path / "batch.yaml"
+    films = [{**SMALL, "keywords": [keyword], "output": {"run_dir": f"runs/{keyword}"}} for keyword in ("ball", "cube")]
+    listing.write_text(yaml.safe_dump(films))
+    made = batch(listing, fan_out=True)
+
+    assert made == [workers / "runs" / "ball" / "film.mp4", workers / "runs" / "cube" / "film.mp4"]
+    assert all(path.is_file() for path in made)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=2, sort="START_TIME_DESC")
+    assert {run.labels.get("prefect.worker.name") for run in runs} == {"worker-a", "worker-b"}
+
+
+def test_a_film_whose_worker_process_dies_goes_on_by_itself(tmp_path, workers, monkeypatch):
+    request = {"clips": 5, "render": SMALL["render"], "output": {"run_dir": "runs/crash"}}
+    run = run_deployment("film/svi-film", parameters={"request": request}, timeout=0)
+    second_clip = workers / "runs" / "crash" / "clips" / "clip_0001.mkv"
+    deadline = time.monotonic() + 120
+    while not second_clip.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with get_client(sync_client=True) as client:
+        process = int(str(client.read_flow_run(run.id).infrastructure_pid).rsplit(":", 1)[-1])
+    os.kill(process, signal.SIGKILL)  # the flow run's own process, mid-film: as if its machine were lost
+    # The clips finished by then, as files (hard links into the clip store): made again, they would be new files.
+    made = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in second_clip.parent.glob("clip_*.mkv")}
+    (retried,) = finished([run.id])
+
+    assert retried.state.is_completed(), retried.state.message
+    with get_client(sync_client=True) as client:
+        states = [state.type.value for state in client.read_flow_run_states(run.id)]
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+    assert "CRASHED" in states and states[-1] == "COMPLETED"
+    assert not [task_run.name for task_run in task_runs if task_run.state.is_running()]
+    assert any("the one before crashed" in message for message in logs)
+    # No clip was rendered twice: those finished before the crash are the same files, and the log (of what the
+    # killed process had sent, and of the retried attempt) names each clip rendered once at most.
+    assert len(made) >= 2
+    for name, (inode, mtime) in made.items():
+        path = second_clip.with_name(name)
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == (inode, mtime), name
+    assert all(sum(f"clip {k} rendered" in message for message in logs) <= 1 for k in range(5))
+    assert sum(f"clip {k} rendered" in message for message in logs for k in range(5)) >= 5 - len(made)
+
+    # The same film as one uninterrupted run (another data root, in this process).
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "straight"))
+    straight = film(FilmRequest.model_validate({**request, "output": {"run_dir": str(tmp_path / "straight-run")}}))
+    for k in range(5):
+        name = f"clip_{k:04d}.mkv"
+        assert torch.equal(read_clip(straight.parent / "clips" / name), read_clip(second_clip.with_name(name)))
