@@ -15,21 +15,16 @@ The file is a list of film requests, each written like the `film` flow's form (k
 No `from __future__ import annotations` here: served runs must resolve the parameter types.
 """
 
-import time
 from pathlib import Path
 
 import yaml
-from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
+from prefect import flow
 
 from pipeline.cache_folder import anchored_paths, cache_root
 from pipeline.request import FilmRequest
 
+from .fan_out import films_elsewhere
 from .film import film
-
-FILM_DEPLOYMENT = "film/svi-film"
 
 
 def read_batch(path: Path) -> list[FilmRequest]:
@@ -54,31 +49,4 @@ def batch(path: Path = Path("batch.yaml"), fan_out: bool = False) -> list[Path]:
     requests = read_batch(path if path.is_absolute() else cache_root() / path)
     if not fan_out:
         return [film(request) for request in requests]
-    return _fanned_out([anchored_paths(request, cache_root()) for request in requests])
-
-
-def _fanned_out(requests: list[FilmRequest], poll_s: float = 1.0) -> list[Path]:
-    """Each request as a run of the film deployment; logs each film as it finishes, raises if one did not."""
-    try:
-        runs = [
-            run_deployment(FILM_DEPLOYMENT, parameters={"request": request.form_defaults()}, timeout=0)
-            for request in requests
-        ]
-    except ObjectNotFound:
-        raise ValueError(f"no deployment {FILM_DEPLOYMENT} on the server: run `svi deploy` first") from None
-    films = {run.id: request.output.run_dir / "film.mp4" for run, request in zip(runs, requests, strict=True)}
-    waiting, failed = {run.id for run in runs}, []
-    with get_client(sync_client=True) as client:
-        while waiting:
-            time.sleep(poll_s)
-            for run_id in sorted(waiting):
-                run = client.read_flow_run(run_id)
-                if run.state.is_final():
-                    waiting.discard(run_id)
-                    worker = run.labels.get("prefect.worker.name", "?")
-                    get_run_logger().info("%s: %s on %s (%s)", films[run_id], run.state.name, worker, run.name)
-                    if not run.state.is_completed():
-                        failed.append(f"{films[run_id]} ({run.state.name}: {run.state.message})")
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(runs)} films did not finish: {'; '.join(failed)}")
-    return list(films.values())
+    return films_elsewhere([anchored_paths(request, cache_root()) for request in requests])

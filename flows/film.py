@@ -30,6 +30,7 @@ from prefect.artifacts import (
 from tqdm.auto import tqdm
 
 from flows.crashes import close_crashed_attempt
+from flows.fan_out import submit_films, wait_for_films
 from flows.story import follower, story_for
 from flows.task_results import RESULTS, cached_network_task
 from pipeline.assemble import assemble_run, join_run_chapters
@@ -208,13 +209,19 @@ def _film(request: FilmRequest) -> Path:
         demo_model(request.engine().model)
     timings: dict[str, float] = {}
     chapters = _chapters(request, run, timings)
+    # With fan_out, chapters 2… go to free workers of the pool while this run makes chapter 1 on its own GPU.
+    elsewhere = {}
+    if request.output.fan_out and len(chapters) > 1:
+        elsewhere = submit_films([chapter for chapter, _, _ in chapters[1:]])
+        chapters = chapters[:1]
     progress = _ClipProgress(total=request.clips * len(chapters))
     for number, (chapter, chapter_run, picture) in enumerate(chapters, start=1):
-        label = "" if len(chapters) == 1 else f"-chapter-{number}"
+        label = "" if len(chapters) + len(elsewhere) == 1 else f"-chapter-{number}"
         _render_chapter(chapter, chapter_run, picture, dict(timings), progress, label)
-    if len(chapters) > 1:
+    wait_for_films(elsewhere)
+    if len(chapters) + len(elsewhere) > 1:
         join_run_chapters(run.root)
-        get_run_logger().info("joined %d chapters into %s", len(chapters), run.film)
+        get_run_logger().info("joined %d chapters into %s", len(chapters) + len(elsewhere), run.film)
         create_markdown_artifact(
             key="storyboard", markdown=_storyboard_markdown(run.storyboard), description="every chapter's storyboard"
         )

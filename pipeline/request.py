@@ -179,6 +179,7 @@ class OutputOptions(BaseModel):
     overwrite: bool = Field(False, description="run_dir holds another film: delete it and start afresh")
     chapters: int = Field(1, ge=1, le=50, description="chapters from the best pictures (with images: one each)")
     crossfade_s: float = Field(1.0, gt=0.0, le=5.0, description="chapters fade into each other over this long")
+    fan_out: bool = Field(False, description="chapters 2… as runs on the work pool's free workers (svi deploy)")
 
 
 GROUPS: dict[str, type[BaseModel]] = {
@@ -250,17 +251,14 @@ class FilmRequest(BaseModel):
         return self.storyline.storyline_mode == "follow"
 
     def _check_follow(self) -> None:
-        if self.own_prompts():
-            raise ValueError(
-                "storyline_mode 'follow' has the storyline model write each prompt from the clip before it: "
+        mode, repeat = self.settings().prompt_mode, self.settings().prompt_repeat
+        if self.own_prompts() or mode != "stream" or repeat != 1:
+            problem = (
                 "it cannot take your own prompts (prompts/prompt); drop one or the other"
+                if self.own_prompts()
+                else f"it needs prompt_mode 'stream' and prompt_repeat 1 (this request has {mode!r} and {repeat})"
             )
-        settings = self.settings()
-        if settings.prompt_mode != "stream" or settings.prompt_repeat != 1:
-            raise ValueError(
-                f"storyline_mode 'follow' writes one prompt per clip: it needs prompt_mode 'stream' and "
-                f"prompt_repeat 1 (this request has {settings.prompt_mode!r} and {settings.prompt_repeat})"
-            )
+            raise ValueError(f"storyline_mode 'follow' writes each prompt from the clip before it: {problem}")
 
     def flat(self) -> dict[str, Any]:
         """Every setting by its one name (JSON-ready): the groups' fields beside the top-level ones."""

@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import imageio_ffmpeg
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -147,3 +149,31 @@ def test_a_film_whose_worker_process_dies_goes_on_by_itself(tmp_path, workers, m
     for k in range(5):
         name = f"clip_{k:04d}.mkv"
         assert torch.equal(read_clip(straight.parent / "clips" / name), read_clip(second_clip.with_name(name)))
+
+
+def test_a_film_in_chapters_renders_them_on_both_workers(tmp_path, workers, monkeypatch):
+    chaptered = {"chapters": 2, "crossfade_s": 0.25}
+    request = {**SMALL, "output": {"run_dir": "runs/chapters", "fan_out": True, **chaptered}}
+    (parent,) = finished([run_deployment("film/svi-film", parameters={"request": request}, timeout=0).id])
+
+    assert parent.state.is_completed(), parent.state.message
+    with get_client(sync_client=True) as client:
+        chapter_runs = [run for run in client.read_flow_runs() if run.start_time and run.start_time > parent.start_time]
+    assert len(chapter_runs) == 1 and chapter_runs[0].state.is_completed()
+    # Chapter 2 ran on the other worker while the parent made chapter 1.
+    assert chapter_runs[0].labels["prefect.worker.name"] != parent.labels["prefect.worker.name"]
+    assert chapter_runs[0].start_time < parent.end_time
+
+    # The same film as one run that makes both chapters itself, in this process.
+    monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "straight"))
+    output = {"run_dir": str(tmp_path / "straight-run"), **chaptered}
+    straight = film(FilmRequest.model_validate({**SMALL, "output": output}))
+    joined = workers / "runs" / "chapters" / "film.mp4"
+    assert np.array_equal(video_frames(joined), video_frames(straight))
+
+
+def video_frames(path: Path) -> np.ndarray:
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    width, height = meta["size"]
+    return np.stack([np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in reader])
