@@ -1,12 +1,16 @@
 """A film run whose process died (a worker machine lost, the process killed) goes on by itself, on any worker.
 
-`svi deploy` puts an automation on the server: a `film` run of the deployment that ends Crashed is set back to
-Scheduled, so a free worker takes it again and every finished clip comes from the shared clip store. The retried
+`svi deploy` puts two automations on the server. A `film` run of the deployment that ends Crashed is set back to
+Scheduled, so a free worker takes it again and every finished clip comes from the shared clip store. A run whose
+worker died with it (the machine lost: nobody is left to report the crash) stops sending the heartbeats its
+process sends every `HEARTBEAT_S` (`svi worker` sets them); after `SILENCE_S` without one it is marked Crashed,
+and so taken again. The retried
 run then closes what the dead attempt left open: its task runs still marked Running are marked Crashed, and the
 crash's reason goes into the run's own log. A run that crashed `MAX_CRASHES` times is failed instead of being
 taken again (a machine that always dies on it would otherwise loop).
 """
 
+from datetime import timedelta
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -26,27 +30,61 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Crashed
 
-AUTOMATION = "svi-retry-crashed-films"
+RETRY_AUTOMATION = "svi-retry-crashed-films"
+SILENCE_AUTOMATION = "svi-crash-silent-films"
 MAX_CRASHES = 3
+HEARTBEAT_S = 30  # the least Prefect allows (PREFECT_FLOWS_HEARTBEAT_FREQUENCY)
+SILENCE_S = 3 * HEARTBEAT_S
+FINAL_EVENTS = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
 
 
-def retry_crashed_runs(deployment_id: UUID) -> Automation:
-    """The automation (made anew) that sets a crashed run of the deployment back to Scheduled."""
+def _made_anew(automation: Automation) -> Automation:
     try:
-        Automation.read(name=AUTOMATION).delete()
+        Automation.read(name=automation.name).delete()
     except ValueError:  # none yet (Automation.read raises ValueError for an unknown name)
         pass
-    return Automation(
-        name=AUTOMATION,
-        description="a film run whose process died is taken again by a free worker; finished clips are reused",
-        trigger=EventTrigger(
-            expect={"prefect.flow-run.Crashed"},
-            match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
-            posture=Posture.Reactive,
-            threshold=1,
+    return automation.create()
+
+
+def retry_crashed_runs(deployment_id: UUID, silence_s: float = SILENCE_S) -> list[Automation]:
+    """The automations (made anew) that mark a silent run of the deployment Crashed and set a crashed one back to
+    Scheduled."""
+    of_the_deployment = {"prefect.resource.id": f"prefect.deployment.{deployment_id}"}
+    return [
+        _made_anew(
+            Automation(
+                name=RETRY_AUTOMATION,
+                description="a film run whose process died is taken again by a free worker; finished clips are reused",
+                trigger=EventTrigger(
+                    expect={"prefect.flow-run.Crashed"},
+                    match_related=of_the_deployment,
+                    posture=Posture.Reactive,
+                    threshold=1,
+                ),
+                actions=[ChangeFlowRunState(state=StateType.SCHEDULED, message="taken again after its process died")],
+            )
         ),
-        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, message="taken again after its process died")],
-    ).create()
+        _made_anew(
+            Automation(
+                name=SILENCE_AUTOMATION,
+                description="a film run that stopped sending heartbeats lost its worker: it is marked Crashed",
+                trigger=EventTrigger(
+                    after={"prefect.flow-run.heartbeat"},
+                    expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+                    for_each={"prefect.resource.id"},
+                    match_related=of_the_deployment,
+                    posture=Posture.Proactive,
+                    threshold=1,
+                    within=timedelta(seconds=silence_s),
+                ),
+                actions=[
+                    ChangeFlowRunState(
+                        state=StateType.CRASHED, message=f"no heartbeat for {silence_s:.0f} s: its worker is gone"
+                    )
+                ],
+            )
+        ),
+    ]
 
 
 def close_crashed_attempt() -> None:

@@ -19,7 +19,7 @@ from prefect.exceptions import ObjectNotFound
 from pipeline.request import FilmRequest
 
 from .batch import batch
-from .crashes import retry_crashed_runs
+from .crashes import HEARTBEAT_S, SILENCE_S, retry_crashed_runs
 from .film import film
 from .train import train_flow
 
@@ -43,8 +43,9 @@ def ensure_work_pool(pool: str) -> None:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
 
 
-def deploy_flows(pool: str = POOL) -> list[str]:
-    """Put `film`, `batch` and `train` on the work pool `pool` (made if missing), run from this project's folder;
+def deploy_flows(pool: str = POOL, silence_s: float = SILENCE_S) -> list[str]:
+    """Put `film`, `batch` and `train` on the work pool `pool` (made if missing), run from this project's folder,
+    with the automations that take crashed films again (a film silent `silence_s` seconds lost its worker);
     returns the deployments' names as `prefect deployment run` takes them."""
     ensure_work_pool(pool)
     names = []
@@ -53,7 +54,7 @@ def deploy_flows(pool: str = POOL) -> list[str]:
             name=name, work_pool_name=pool, parameters=defaults(), tags=["svi"], print_next_steps=False
         )
         if flow is film:
-            retry_crashed_runs(deployment_id)
+            retry_crashed_runs(deployment_id, silence_s)
         names.append(f"{flow.name}/{name}")
     return names
 
@@ -65,7 +66,7 @@ def worker_command(pool: str = POOL, gpu: str | None = None, name: str | None = 
     command = [prefect, "worker", "start", "--pool", pool, "--type", "process", "--limit", "1"]
     if name or gpu is not None:
         command += ["--name", name or f"{os.uname().nodename}-gpu{gpu}"]
-    environment = dict(os.environ)
+    environment = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S), **os.environ}  # its flow runs' pulse
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = gpu
     return command, environment

@@ -33,10 +33,14 @@ def online_workers(pool: str) -> set[str]:
         return {worker.name for worker in client.read_workers_for_work_pool(pool) if worker.status == "ONLINE"}
 
 
+# The workers' processes by name, for the test that kills one (each leads a process group of its own).
+WORKER_PROCESSES: dict[str, subprocess.Popen] = {}
+
+
 @pytest.fixture
 def workers(tmp_path):
     """The flows deployed on the pool `svi-test`, and two of its workers online, started each in a folder of its
-    own, with the data root `tmp_path/root`."""
+    own, with the data root `tmp_path/root` (what the fixture gives)."""
     assert deploy_flows("svi-test") == ["film/svi-film", "batch/svi-batch", "train/svi-train"]
     root = tmp_path / "root"
     started = []
@@ -49,15 +53,19 @@ def workers(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         log = open(folder / "worker.log", "w")  # noqa: SIM115  (closed with the worker)
-        started.append((subprocess.Popen(command, cwd=folder, env=environment, stdout=log, stderr=log), log))
+        process = subprocess.Popen(command, cwd=folder, env=environment, stdout=log, stderr=log, start_new_session=True)
+        WORKER_PROCESSES[name] = process
+        started.append((process, log))
     deadline = time.monotonic() + 120
     while online_workers("svi-test") != {"worker-a", "worker-b"} and time.monotonic() < deadline:
         time.sleep(0.5)
     yield root
     for worker, log in started:
-        worker.send_signal(signal.SIGINT)
-        worker.wait(timeout=60)
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(timeout=60)
         log.close()
+    WORKER_PROCESSES.clear()
 
 
 def finished(flow_run_ids: list, timeout_s: float = 300) -> list:
@@ -177,3 +185,31 @@ def video_frames(path: Path) -> np.ndarray:
     meta = next(reader)
     width, height = meta["size"]
     return np.stack([np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in reader])
+
+
+def test_a_film_whose_worker_is_lost_goes_on_on_the_other_worker(tmp_path, workers):
+    """The worker and its flow run's process killed together (a machine lost): nobody reports the crash, the run
+    falls silent, the automation marks it Crashed, and the other worker takes it again. (Last in this file: the
+    short silence below stays on the deployment until the next `deploy_flows`.)"""
+    deploy_flows("svi-test", silence_s=35)
+    request = {"clips": 5, "render": SMALL["render"], "output": {"run_dir": "runs/lost"}}
+    run = run_deployment("film/svi-film", parameters={"request": request}, timeout=0)
+    second_clip = workers / "runs" / "lost" / "clips" / "clip_0001.mkv"
+    deadline = time.monotonic() + 120
+    while not second_clip.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with get_client(sync_client=True) as client:
+        running = client.read_flow_run(run.id)
+    lost, process = running.labels["prefect.worker.name"], int(str(running.infrastructure_pid).rsplit(":", 1)[-1])
+    # The worker first, then the run's process at once: neither is left to report the other's death.
+    os.killpg(WORKER_PROCESSES[lost].pid, signal.SIGKILL)
+    os.kill(process, signal.SIGKILL)
+    WORKER_PROCESSES[lost].wait(timeout=30)
+    (retried,) = finished([run.id], timeout_s=240)
+
+    assert retried.state.is_completed(), retried.state.message
+    with get_client(sync_client=True) as client:
+        crashes = [s.message for s in client.read_flow_run_states(run.id) if s.type.value == "CRASHED"]
+    assert crashes == ["no heartbeat for 35 s: its worker is gone"]
+    assert retried.labels["prefect.worker.name"] != lost
+    assert all((second_clip.parent / f"clip_{k:04d}.mkv").is_file() for k in range(5))
