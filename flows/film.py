@@ -6,14 +6,13 @@ inputs reuses finished work; clip k's key includes the exact state clip k−1 ha
 clip 3 re-renders clips 3… and nothing before. In follow mode each prompt after the first is a task of its own,
 written after the clip before it and keyed by that clip: an edited prompt is kept (pinned), and those after it are
 written again from the new clips. Clips run one at a time (the loop is sequential: clip k needs
-clip k−1) on the sampler kept loaded in the process; served, their tasks carry the tag `gpu` for a server-side limit.
+clip k−1) on the sampler kept loaded in the process; served, each holds a slot of the global limit `svi-gpu`.
 
 No `from __future__ import annotations` here: served runs must resolve the pydantic parameter types.
 """
 
 import base64
 import io
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from flows.crashes import close_crashed_attempt
 from flows.fan_out import submit_films, wait_for_films
+from flows.gpu_slot import gpu_slot
 from flows.story import follower, story_for
 from flows.task_results import RESULTS, cached_network_task
 from pipeline.assemble import assemble_run, join_run_chapters
@@ -47,8 +47,6 @@ from svi_model.clip_overrides import ClipOverrides
 from svi_model.tiny import save_tiny_model
 
 RETRIEVE_VERSION = "retrieve-2"
-GPU_TAG = "gpu"
-GPU_TAG_SWITCH = "SVI_GPU_TAG"
 
 
 # ---------------------------------------------------------------- retrieve: keywords or pictures → reference.png
@@ -109,15 +107,6 @@ def clip_task(run_dir: Path, k: int, job: ClipJob, key: str) -> ClipResult:
     retakes = f" after {len(result.attempts)} renders" if len(result.attempts) > 1 else ""
     get_run_logger().info("clip %d %s%s (key %s…)", k, "reused" if result.reused else "rendered", retakes, key[:12])
     return result
-
-
-def _clip_tags() -> set[str]:
-    """`{"gpu"}` where clip tasks share a GPU under a server-side limit (`svi serve` sets SVI_GPU_TAG=1), else none.
-
-    Prefect asks the server for a slot for every tagged task even when the tag has no limit (its issue #19367):
-    measured here, about 2 s per clip (`bench/flow_overhead.py`); a run from the command line has its GPU alone.
-    """
-    return {GPU_TAG} if os.environ.get(GPU_TAG_SWITCH) == "1" else set()
 
 
 @task(name="demo-model")
@@ -257,7 +246,8 @@ def _render_chapter(
     def clip_in_a_task(run: RunFolder, k: int, job: ClipJob, key: str) -> ClipResult:
         # A cached task result is only as good as the stored clip: without it, render again.
         stored = store.has(key, job.settings.num_frames)
-        return clip_task.with_options(refresh_cache=not stored, tags=_clip_tags())(run.root, k, job, key)
+        with gpu_slot():
+            return clip_task.with_options(refresh_cache=not stored)(run.root, k, job, key)
 
     next_prompts = follower(request, run) if request.follows() else None
     render_clips(

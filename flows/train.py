@@ -24,7 +24,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from flows.film import GPU_TAG
+from flows.gpu_slot import gpu_slot
 from flows.task_results import RESULTS
 from pipeline.hashing import content_digest, dataset_fingerprint, folder_fingerprint
 from svi_model.erft.train_config import TrainConfig
@@ -50,7 +50,7 @@ def _latent_cache_key(context, parameters) -> str:
     return "latent-cache-" + content_digest(fields)
 
 
-@task(name="latent-cache", tags=[GPU_TAG], cache_key_fn=_latent_cache_key, persist_result=True, result_storage=RESULTS)
+@task(name="latent-cache", cache_key_fn=_latent_cache_key, persist_result=True, result_storage=RESULTS)
 def latent_cache(config: TrainConfig) -> dict:
     """Encode the dataset's clips once with the frozen encoders; returns what was written, reused and skipped."""
     build = prepare_latent_cache(config)
@@ -58,7 +58,7 @@ def latent_cache(config: TrainConfig) -> dict:
     return {"written": build.written, "reused": build.reused, "skipped": build.skipped}
 
 
-@task(name="train-lora", tags=[GPU_TAG])
+@task(name="train-lora")
 def train_lora(config: TrainConfig) -> TrainResult:
     """The training run, resumed from its newest checkpoint if it has one; progress shows in the UI."""
     bar = create_progress_artifact(progress=0.0, key="erft-progress", description="ERFT steps done")
@@ -82,8 +82,10 @@ def train_flow(config: Path = Path("train.yaml")) -> Path:
     if settings.data.videos is not None and settings.data.latent_cache is not None:
         # A cached result is only as good as the folder it describes: without its index, encode again.
         index_missing = not (Path(settings.data.latent_cache) / "index.json").is_file()
-        latent_cache.with_options(refresh_cache=index_missing)(settings)
-    result = train_lora(settings)
+        with gpu_slot():
+            latent_cache.with_options(refresh_cache=index_missing)(settings)
+    with gpu_slot():
+        result = train_lora(settings)
     create_table_artifact(key="erft-losses", table=_loss_rows(result), description="loss per step (sampled)")
     create_markdown_artifact(key="erft-summary", markdown=_summary(settings, result), description="ERFT run")
     return result.lora_file

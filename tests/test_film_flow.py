@@ -5,17 +5,19 @@ is the demo's tiny one.
 """
 
 import json
+import threading
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.concurrency.sync import concurrency
 from prefect.flow_engine import run_flow
 from prefect.states import AwaitingRetry
 from prefect.utilities.callables import parameter_schema
 
+from flows import gpu_slot
 from flows.batch import batch
 from flows.cli import main
 from flows.film import film
@@ -275,15 +277,34 @@ def test_more_clips_in_the_same_run_folder_extend_the_film(tmp_path, fresh_cache
 
 
 @pytest.mark.parametrize("served", [False, True])
-def test_clip_tasks_take_the_gpu_tag_only_when_served(tmp_path, fresh_cache, monkeypatch, served):
-    if served:
-        monkeypatch.setenv("SVI_GPU_TAG", "1")
-    else:
-        monkeypatch.delenv("SVI_GPU_TAG", raising=False)
-    state = film(request_for(tmp_path / "run", clips=1), return_state=True)
+def test_clips_hold_a_gpu_slot_only_when_served(tmp_path, fresh_cache, monkeypatch, served):
+    """Served, each rendered clip holds a slot of the global limit `svi-gpu` (on a lease), given back after it.
+    Here the only slot is held by another holder until the clip starts (or for 5 s): a served clip cannot start
+    before that holder lets go, an unserved one starts while the slot is still held."""
+    monkeypatch.setenv(gpu_slot.SWITCH, "1" if served else "0")
+    gpu_slot.ensure_gpu_limit(1)
+    taken, clip_started, events = threading.Event(), threading.Event(), []
+    real_render = FilmRenderer.render_clip
+
+    def rendering(self, *args, **kwargs):
+        events.append("clip started")
+        clip_started.set()
+        return real_render(self, *args, **kwargs)
+
+    monkeypatch.setattr(FilmRenderer, "render_clip", rendering)
+
+    def hold_the_slot():
+        with concurrency(gpu_slot.GPU_LIMIT, occupy=1, lease_duration=60, strict=True):
+            taken.set()
+            clip_started.wait(5 if served else 120)
+            events.append("slot released")
+
+    holder = threading.Thread(target=hold_the_slot)
+    holder.start()
+    assert taken.wait(30)
+    film(request_for(tmp_path / "run", clips=1))
+    holder.join()
+    expected = ["slot released", "clip started"] if served else ["clip started", "slot released"]
+    assert events == expected
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
-    clip_tags = [set(run.tags) for run in runs if run.name.startswith("clip-")]
-    assert clip_tags == [{"gpu"} if served else set()]
+        assert client.read_global_concurrency_limit_by_name(gpu_slot.GPU_LIMIT).active_slots == 0
