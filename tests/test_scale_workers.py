@@ -142,14 +142,14 @@ def test_a_film_whose_worker_process_dies_goes_on_by_itself(tmp_path, workers, m
     assert "CRASHED" in states and states[-1] == "COMPLETED"
     assert not [task_run.name for task_run in task_runs if task_run.state.is_running()]
     assert any("the one before crashed" in message for message in logs)
-    # No clip was rendered twice: those finished before the crash are the same files, and the log (of what the
-    # killed process had sent, and of the retried attempt) names each clip rendered once at most.
+    # No clip was rendered twice: those finished before the crash are the same files, and the log (what the killed
+    # process had sent, and the retried attempt's) names each clip rendered once at most. (A clip the killed
+    # process stored but had not yet placed is reused from the store by the retried attempt.)
     assert len(made) >= 2
     for name, (inode, mtime) in made.items():
         path = second_clip.with_name(name)
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == (inode, mtime), name
     assert all(sum(f"clip {k} rendered" in message for message in logs) <= 1 for k in range(5))
-    assert sum(f"clip {k} rendered" in message for message in logs for k in range(5)) >= 5 - len(made)
 
     # The same film as one uninterrupted run (another data root, in this process).
     monkeypatch.setenv("SVI_CACHE_DIR", str(tmp_path / "straight"))
