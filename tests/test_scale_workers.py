@@ -68,13 +68,15 @@ def workers(tmp_path):
     WORKER_PROCESSES.clear()
 
 
-def finished(flow_run_ids: list, timeout_s: float = 300) -> list:
-    """The flow runs once all are in a final state."""
+def finished(flow_run_ids: list, timeout_s: float = 300, crashes_end: bool = True) -> list:
+    """The flow runs once all are in a final state. crashes_end=False: Crashed is not an end (the automation takes
+    a crashed run again, a moment later)."""
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
             runs = [client.read_flow_run(run_id) for run_id in flow_run_ids]
-            if all(run.state.is_final() for run in runs) or time.monotonic() > deadline:
+            ended = [run.state.is_final() and (crashes_end or not run.state.is_crashed()) for run in runs]
+            if all(ended) or time.monotonic() > deadline:
                 return runs
             time.sleep(1)
 
@@ -132,7 +134,7 @@ def test_a_film_whose_worker_process_dies_goes_on_by_itself(tmp_path, workers, m
     os.kill(process, signal.SIGKILL)  # the flow run's own process, mid-film: as if its machine were lost
     # The clips finished by then, as files (hard links into the clip store): made again, they would be new files.
     made = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in second_clip.parent.glob("clip_*.mkv")}
-    (retried,) = finished([run.id])
+    (retried,) = finished([run.id], crashes_end=False)
 
     assert retried.state.is_completed(), retried.state.message
     with get_client(sync_client=True) as client:
@@ -205,7 +207,7 @@ def test_a_film_whose_worker_is_lost_goes_on_on_the_other_worker(tmp_path, worke
     os.killpg(WORKER_PROCESSES[lost].pid, signal.SIGKILL)
     os.kill(process, signal.SIGKILL)
     WORKER_PROCESSES[lost].wait(timeout=30)
-    (retried,) = finished([run.id], timeout_s=240)
+    (retried,) = finished([run.id], timeout_s=240, crashes_end=False)
 
     assert retried.state.is_completed(), retried.state.message
     with get_client(sync_client=True) as client:
