@@ -13,11 +13,14 @@ No `from __future__ import annotations` here: served runs must resolve the pydan
 
 import base64
 import io
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
 from PIL import Image
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -42,7 +45,7 @@ from pipeline.retrieve import RetrieveRequest, choose_references, normalise_refe
 from pipeline.run_folder import RunFolder
 from pipeline.storyline import PromptStream, read_prompt_stream
 from pipeline.synthesize import ClipJob, ClipResult, ClipStore, render_clips, synthesize_clip
-from svi_model.atomic_files import atomic_path
+from svi_model.atomic_files import PARTIAL, atomic_path, replace_folder
 from svi_model.clip_overrides import ClipOverrides
 from svi_model.tiny import save_tiny_model
 
@@ -111,9 +114,14 @@ def clip_task(run_dir: Path, k: int, job: ClipJob, key: str) -> ClipResult:
 
 @task(name="demo-model")
 def demo_model(folder: Path) -> Path:
-    """The demo's tiny random model, built offline once."""
-    if not (folder / "model_index.json").is_file():
-        save_tiny_model(folder)
+    """The demo's tiny random model, built offline once. Runs on several workers may need it at the same moment in
+    a shared data root: one builds it (aside, then renamed into place) while the others wait, then find it."""
+    with FileLock(folder.with_name(f"{folder.name}.lock")):
+        if not (folder / "model_index.json").is_file():
+            staged = folder.with_name(f".{folder.name}.{PARTIAL}{os.getpid()}")
+            shutil.rmtree(staged, ignore_errors=True)
+            save_tiny_model(staged)
+            replace_folder(staged, folder)
     return folder
 
 

@@ -122,16 +122,27 @@ def test_a_batch_fans_its_films_out_to_the_workers(tmp_path, workers, monkeypatc
     assert {run.labels.get("prefect.worker.name") for run in runs} == {"worker-a", "worker-b"}
 
 
-def test_a_film_whose_worker_process_dies_goes_on_by_itself(tmp_path, workers, monkeypatch):
-    request = {"clips": 5, "render": SMALL["render"], "output": {"run_dir": "runs/crash"}}
+def at_its_second_clip(request: dict, root: Path) -> tuple:
+    """Submit the film of `request` and wait until its second clip is in its run folder (under `root`); returns
+    the flow run as the server then has it, and that clip's path."""
     run = run_deployment("film/svi-film", parameters={"request": request}, timeout=0)
-    second_clip = workers / "runs" / "crash" / "clips" / "clip_0001.mkv"
+    second_clip = root / request["output"]["run_dir"] / "clips" / "clip_0001.mkv"
     deadline = time.monotonic() + 120
     while not second_clip.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     with get_client(sync_client=True) as client:
-        process = int(str(client.read_flow_run(run.id).infrastructure_pid).rsplit(":", 1)[-1])
-    os.kill(process, signal.SIGKILL)  # the flow run's own process, mid-film: as if its machine were lost
+        return client.read_flow_run(run.id), second_clip
+
+
+def process_of(run) -> int:
+    """The process id of the flow run's own process (`infrastructure_pid` is `host:pid`)."""
+    return int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+
+
+def test_a_film_whose_worker_process_dies_goes_on_by_itself(tmp_path, workers, monkeypatch):
+    request = {"clips": 5, "render": SMALL["render"], "output": {"run_dir": "runs/crash"}}
+    run, second_clip = at_its_second_clip(request, workers)
+    os.kill(process_of(run), signal.SIGKILL)  # the flow run's own process, mid-film: as if its machine were lost
     # The clips finished by then, as files (hard links into the clip store): made again, they would be new files.
     made = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in second_clip.parent.glob("clip_*.mkv")}
     (retried,) = finished([run.id], crashes_end=False)
@@ -195,14 +206,8 @@ def test_a_film_whose_worker_is_lost_goes_on_on_the_other_worker(tmp_path, worke
     short silence below stays on the deployment until the next `deploy_flows`.)"""
     deploy_flows("svi-test", silence_s=35)
     request = {"clips": 5, "render": SMALL["render"], "output": {"run_dir": "runs/lost"}}
-    run = run_deployment("film/svi-film", parameters={"request": request}, timeout=0)
-    second_clip = workers / "runs" / "lost" / "clips" / "clip_0001.mkv"
-    deadline = time.monotonic() + 120
-    while not second_clip.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    with get_client(sync_client=True) as client:
-        running = client.read_flow_run(run.id)
-    lost, process = running.labels["prefect.worker.name"], int(str(running.infrastructure_pid).rsplit(":", 1)[-1])
+    run, second_clip = at_its_second_clip(request, workers)
+    lost, process = run.labels["prefect.worker.name"], process_of(run)
     # The worker first, then the run's process at once: neither is left to report the other's death.
     os.killpg(WORKER_PROCESSES[lost].pid, signal.SIGKILL)
     os.kill(process, signal.SIGKILL)
