@@ -123,10 +123,20 @@ def _serve(args: argparse.Namespace) -> None:
     serve_flows(gpu_slots=args.gpu_slots)
 
 
+def _shared_prefect_server(command: str) -> None:
+    """A work pool lives on a server every machine reaches: a temporary one (no PREFECT_API_URL) would vanish."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ValueError(
+            f"svi {command} needs the Prefect server the GPU machines share: start it with `svi server` and set "
+            "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) here and on every machine"
+        )
+    _check_prefect_server()
+
+
 def _deploy(args: argparse.Namespace) -> None:
     from flows.deploy import deploy_flows
 
-    _check_prefect_server()
+    _shared_prefect_server("deploy")
     for name in deploy_flows(args.pool):
         print(f"deployed {name} on work pool {args.pool}")
     print(f"start a worker per GPU: svi worker --pool {args.pool} --gpu 0")
@@ -135,7 +145,7 @@ def _deploy(args: argparse.Namespace) -> None:
 def _worker(args: argparse.Namespace) -> None:
     from flows.deploy import worker_command
 
-    _check_prefect_server()
+    _shared_prefect_server("worker")
     command, environment = worker_command(args.pool, args.gpu, args.name)
     os.execve(command[0], command, environment)
 

@@ -18,6 +18,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
 from flows.batch import batch
+from flows.cli import main
 from flows.deploy import PROJECT_FOLDER, deploy_flows, worker_command
 from flows.film import film
 from pipeline.request import FilmRequest
@@ -198,6 +199,17 @@ def video_frames(path: Path) -> np.ndarray:
     meta = next(reader)
     width, height = meta["size"]
     return np.stack([np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in reader])
+
+
+@pytest.mark.parametrize("command", ["deploy", "worker"])
+def test_a_pool_needs_a_shared_server(command, monkeypatch, capsys):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main([command]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        f"error: svi {command} needs the Prefect server the GPU machines share: start it with `svi server` and set "
+        "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) here and on every machine"
+    ]
 
 
 def test_a_film_whose_worker_is_lost_goes_on_on_the_other_worker(tmp_path, workers):
