@@ -4,10 +4,9 @@
 Scheduled, so a free worker takes it again and every finished clip comes from the shared clip store. A run whose
 worker died with it (the machine lost: nobody is left to report the crash) stops sending the heartbeats its
 process sends every `HEARTBEAT_S` (`svi worker` sets them); after `SILENCE_S` without one it is marked Crashed,
-and so taken again. The retried
-run then closes what the dead attempt left open: its task runs still marked Running are marked Crashed, and the
-crash's reason goes into the run's own log. A run that crashed `MAX_CRASHES` times is failed instead of being
-taken again (a machine that always dies on it would otherwise loop).
+and so taken again. The retried run then closes what the dead attempt left open: its task runs still marked
+Running are marked Crashed, and the crash's reason goes into the run's own log. A run that crashed `MAX_CRASHES`
+times is failed instead of being taken again (a machine that always dies on it would otherwise loop).
 """
 
 from datetime import timedelta

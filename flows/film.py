@@ -206,19 +206,20 @@ def _film(request: FilmRequest) -> Path:
         demo_model(request.engine().model)
     timings: dict[str, float] = {}
     chapters = _chapters(request, run, timings)
+    count = len(chapters)
     # With fan_out, chapters 2… go to free workers of the pool while this run makes chapter 1 on its own GPU.
     elsewhere = {}
-    if request.output.fan_out and len(chapters) > 1:
+    if request.output.fan_out and count > 1:
         elsewhere = submit_films([chapter for chapter, _, _ in chapters[1:]])
         chapters = chapters[:1]
     progress = _ClipProgress(total=request.clips * len(chapters))
     for number, (chapter, chapter_run, picture) in enumerate(chapters, start=1):
-        label = "" if len(chapters) + len(elsewhere) == 1 else f"-chapter-{number}"
+        label = "" if count == 1 else f"-chapter-{number}"
         _render_chapter(chapter, chapter_run, picture, dict(timings), progress, label)
     wait_for_films(elsewhere)
-    if len(chapters) + len(elsewhere) > 1:
+    if count > 1:
         join_run_chapters(run.root)
-        get_run_logger().info("joined %d chapters into %s", len(chapters) + len(elsewhere), run.film)
+        get_run_logger().info("joined %d chapters into %s", count, run.film)
         create_markdown_artifact(
             key="storyboard", markdown=_storyboard_markdown(run.storyboard), description="every chapter's storyboard"
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .clip_overrides import NO_OVERRIDES, ClipOverrides
+from .clip_overrides import NO_OVERRIDES, ClipOverrides, entry_overrides
 from .conditioning import condition_video, latent_frame_count, pro_condition_latents, unit_range
 from .modes import FilmSettings
 from .sampler import ClipCondition, ClipOutput, ClipSampler, StepCallback
@@ -117,8 +117,7 @@ class FilmRenderer:
 
     def overrides_for(self, clip: int) -> ClipOverrides:
         """What the stream entry clip `clip` takes its prompt from sets for it."""
-        entry = self.settings.entry_for(clip, len(self.prompts))
-        return (self.overrides[entry] if entry < len(self.overrides) else None) or NO_OVERRIDES
+        return entry_overrides(self.settings, self.overrides, clip, len(self.prompts)) or NO_OVERRIDES
 
     def render_clip(
         self, clip: int, state: ChainState | None, on_step: StepCallback | None = None, attempt: int = 0

@@ -5,6 +5,8 @@ keys); every clip that takes its prompt from that entry renders with them. LoRA 
 SVI LoRA is fused into the weights, so a strength of its own would need a second copy of the model.
 """
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from .modes import FilmSettings
@@ -39,3 +41,12 @@ class ClipOverrides(BaseModel):
 
 
 NO_OVERRIDES = ClipOverrides()
+
+
+def entry_overrides(
+    film: FilmSettings, overrides: Sequence[ClipOverrides | None], clip: int, entries: int
+) -> ClipOverrides | None:
+    """What the entry (of the stream's `entries`) clip `clip` takes its prompt from sets for it; `overrides` holds
+    one item per entry, or fewer (the rest set nothing). None: nothing."""
+    entry = film.entry_for(clip, entries)
+    return overrides[entry] if entry < len(overrides) else None

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from svi_model.chain import ChainState, FilmRenderer
-from svi_model.clip_overrides import ClipOverrides
+from svi_model.clip_overrides import ClipOverrides, entry_overrides
 from svi_model.modes import FilmSettings
 from svi_model.sampler import ClipOutput, StepCallback
 
@@ -77,8 +77,7 @@ class ClipJob(BaseModel):
 
     def overrides_for(self, k: int) -> ClipOverrides | None:
         """What the stream entry clip k takes its prompt from sets for it (None: nothing)."""
-        entry = self.settings.entry_for(k, len(self.prompts))
-        return self.overrides[entry] if entry < len(self.overrides) else None
+        return entry_overrides(self.settings, self.overrides, k, len(self.prompts))
 
 
 @dataclass
