@@ -41,6 +41,7 @@ from .storyline.request import BackendName, StorylineMode
 from .synthesize import ClipJob, EngineSpec
 from .synthesize.checks import CheckName
 from .synthesize.engines import Dtype, Offload
+from .synthesize.speed_options import SAME_OUTPUT_LEVERS, SpeedOptions
 
 # The demo's clips are the demo model's own: 33 frames at 112×64, 20 steps without guidance (it was never trained
 # on an empty prompt, so there is nothing to guide away from).
@@ -120,9 +121,9 @@ class StorylineOptions(BaseModel):
     follow_frames: int = Field(4, ge=1, le=32, description="follow: last frames of the clip before that are shown")
 
 
-class RenderOptions(BaseModel):
-    """How the clips are rendered: the SVI mode and its settings, the model, the hardware, the checks. Settings left
-    unset take the mode's value (`svi_model.modes`), then the profile's."""
+class RenderOptions(SpeedOptions):
+    """How the clips are rendered: the SVI mode and its settings, the model, the hardware and its speed levers, the
+    checks. Settings left unset take the mode's value (`svi_model.modes`), then the profile's."""
 
     model_config = _GROUP
 
@@ -294,7 +295,7 @@ class FilmRequest(BaseModel):
 
     def changes_from(self, stored: "FilmRequest") -> list[str]:
         """The settings in which this request makes another film than `stored` (more or fewer clips do not)."""
-        ignored = {"clips", "overwrite", "run_dir"}  # (the folder itself: named relative or absolute, or moved)
+        ignored = {"clips", "overwrite", "run_dir", *SAME_OUTPUT_LEVERS}  # (run_dir: relative, absolute or moved)
         mine, theirs = self.flat(), stored.flat()
         return [name for name in mine if name not in ignored and mine[name] != theirs.get(name)]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .clip_overrides import NO_OVERRIDES, ClipOverrides, entry_overrides
-from .conditioning import condition_video, latent_frame_count, pro_condition_latents, unit_range
+from .conditioning import condition_video, latent_frame_count, pro_condition_latents
 from .modes import FilmSettings
 from .sampler import ClipCondition, ClipOutput, ClipSampler, StepCallback
 
@@ -64,7 +64,6 @@ class FilmRenderer:
         self.reference = reference
         self.prompts = list(prompts)
         self.overrides = list(overrides or [])
-        self._anchor_latent: torch.Tensor | None = None
 
     def condition(self, clip: int, state: ChainState | None) -> ClipCondition:
         """Clip `clip`'s condition from the previous clip's state (None for clip 0)."""
@@ -82,10 +81,9 @@ class FilmRenderer:
         return ClipCondition(latents=self.sampler.encode(video), image_encoder_frame=motion[0])
 
     def anchor_latent(self) -> torch.Tensor:
-        """The reference image's normalised latent `[16, 1, h, w]`, encoded once."""
-        if self._anchor_latent is None:
-            self._anchor_latent = self.sampler.encode(unit_range(self.reference[None]))
-        return self._anchor_latent
+        """The reference image's normalised latent `[16, 1, h, w]`, encoded once per film (the sampler keeps it,
+        so a renderer made per clip, as the synthesize stage makes them, does not encode it again)."""
+        return self.sampler.reference_latent(self.reference)
 
     def state_after(self, output: ClipOutput) -> ChainState:
         """What the clip after `output` needs."""

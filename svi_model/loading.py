@@ -300,7 +300,8 @@ def load_wan_pipeline(
     noise; the original layout's `high_noise_model/` and `low_noise_model/`) without one.
 
     `offload`: "none" puts every module on `device`; "model" moves whole modules to `device` while they run;
-    "group" streams the transformer blocks (and the encoders' layers) one at a time; "experts" (two-expert models)
+    "group" streams the transformer blocks (and the encoders' layers) one at a time, the next one's copy overlapping
+    this one's compute on CUDA (streams); "experts" (two-expert models)
     keeps everything on `device` but the low-noise expert, which waits on the CPU: the sampler swaps the two at the
     boundary (`ClipSampler(swap_experts=True)`), so one 14B expert is on the GPU at a time. Offloads need a GPU.
     `components_folder`: a diffusers-layout folder supplying `text_encoder/`, `tokenizer/`, `image_encoder/`,
@@ -360,11 +361,13 @@ def load_wan_pipeline(
         pipe.to(device)
         pipe.transformer_2.to("cpu")
     elif offload == "group":
+        # On CUDA a side stream copies the next block in while this one computes (from pinned CPU memory).
         pipe.enable_group_offload(
             onload_device=torch.device(device),
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
+            use_stream=torch.device(device).type == "cuda",
         )
     else:
         pipe.to(device)

@@ -6,9 +6,11 @@ chaining, CLIP tokens of a motion frame), so the denoising loop is ours; it mirr
 which `tests/test_parity.py` checks against diffusers' own pipeline.
 """
 
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +18,7 @@ from diffusers import WanImageToVideoPipeline
 from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
 from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
 
-from .conditioning import clip_pixels, first_frame_mask, to_uint8
+from .conditioning import clip_pixels, first_frame_mask, to_uint8, unit_range
 from .schedule import SVIFlowMatchScheduler
 
 # The English translation of Wan's default negative prompt, as the authors' test script passes it.
@@ -27,6 +29,7 @@ SVI_NEGATIVE_PROMPT = (
     "background, three legs, many people in the background, walking backwards"
 )
 TEXT_CACHE_SIZE = 64  # prompts whose embeddings stay cached
+FRAME_CACHE_SIZE = 8  # frames whose CLIP tokens or reference latent stay cached
 # diffusers' attention splits image tokens from text tokens by this hard-coded text length.
 TEXT_TOKENS = 512
 # OpenAI CLIP normalisation, used when the model folder's image processor does not say otherwise.
@@ -97,11 +100,28 @@ def predict_velocity(
     )[0]
 
 
+def _cache_context(transformer: torch.nn.Module, name: str):
+    """diffusers' cache context `name` (it keys a step cache's state: cond and uncond each keep their own), or
+    nothing for a DiT without a step cache."""
+    return transformer.cache_context(name) if getattr(transformer, "is_cache_enabled", False) else nullcontext()
+
+
+def _frame_key(kind: str, frame: torch.Tensor) -> tuple:
+    """A cache key for what `kind` makes of a uint8 frame: its shape and a digest of its bytes (1 ms at 480p)."""
+    digest = hashlib.blake2b(frame.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+    return kind, tuple(frame.shape), digest
+
+
 class ClipSampler:
     """Renders one clip from a prompt, a seed and a `ClipCondition`.
 
     Text embeddings are cached per prompt (a stream repeats prompts; the negative prompt never changes), the
-    `TEXT_CACHE_SIZE` most recently used ones (4 MB each on the GPU at real size).
+    `TEXT_CACHE_SIZE` most recently used ones (4 MB each on the GPU at real size); CLIP tokens and reference latents
+    per frame content, the `FRAME_CACHE_SIZE` most recent: Pro's anchor frame is encoded once per film, however
+    many `FilmRenderer`s its clips are rendered by.
+
+    `batch_cfg`: the conditional and unconditional forwards of a guided step run as one forward of batch 2 (same
+    output up to floating-point rounding; twice the activation memory of one forward).
 
     Two experts (a pipeline with `transformer_2`, Wan2.2-A14B): the high-noise `transformer` predicts while the
     timestep is at or above `boundary`·1000, the low-noise `transformer_2` below it, in one Euler loop; `boundary`
@@ -115,14 +135,17 @@ class ClipSampler:
         negative_prompt: str = SVI_NEGATIVE_PROMPT,
         boundary: float | None = None,
         swap_experts: bool = False,
+        batch_cfg: bool = False,
     ):
         self.pipe = pipe
         self.negative_prompt = negative_prompt
         self.swap_experts = swap_experts
+        self.batch_cfg = batch_cfg
         two_experts = getattr(pipe, "transformer_2", None) is not None
         self.boundary = (SVI_EXPERT_BOUNDARY if boundary is None else boundary) if two_experts else None
         self._schedulers: dict[float, SVIFlowMatchScheduler] = {}
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._frame_cache: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()
         vae = pipe.vae.config
         self._latents_mean = torch.tensor(vae.latents_mean).view(vae.z_dim, 1, 1, 1)
         self._latents_inv_std = 1.0 / torch.tensor(vae.latents_std).view(vae.z_dim, 1, 1, 1)
@@ -174,10 +197,29 @@ class ClipSampler:
         switch = self.boundary * scheduler.config.num_train_timesteps
         return [0 if t >= switch else 1 for t in scheduler.timesteps.tolist()]
 
-    @torch.no_grad()
+    def _by_frame(self, kind: str, frame: torch.Tensor, compute: Callable[[], torch.Tensor | None]):
+        """What `compute` makes of `frame`, computed once per frame content (LRU of `FRAME_CACHE_SIZE`)."""
+        key = _frame_key(kind, frame)
+        if key in self._frame_cache:
+            self._frame_cache.move_to_end(key)
+            return self._frame_cache[key]
+        self._frame_cache[key] = value = compute()
+        if len(self._frame_cache) > FRAME_CACHE_SIZE:
+            self._frame_cache.popitem(last=False)
+        return value
+
     def image_embeddings(self, frame: torch.Tensor) -> torch.Tensor | None:
         """CLIP ViT penultimate-layer tokens `[1, 257, 1280]` (real size) of a uint8 frame `[H, W, 3]`; None for a
-        model without an image encoder (Wan2.2-A14B: its DiT takes no image tokens)."""
+        model without an image encoder (Wan2.2-A14B: its DiT takes no image tokens). Computed once per frame."""
+        return self._by_frame("clip", frame, lambda: self._clip_tokens(frame))
+
+    def reference_latent(self, frame: torch.Tensor) -> torch.Tensor:
+        """The normalised VAE latent `[16, 1, h, w]` of one uint8 frame `[H, W, 3]` (Pro's anchor), encoded once
+        per frame."""
+        return self._by_frame("vae", frame, lambda: self.encode(unit_range(frame[None])))
+
+    @torch.no_grad()
+    def _clip_tokens(self, frame: torch.Tensor) -> torch.Tensor | None:
         encoder = self.pipe.image_encoder
         if encoder is None:
             return None
@@ -249,19 +291,54 @@ class ClipSampler:
         prompt_embeds = prompt_embeds.to(dtype)
         negative_embeds = None if negative_embeds is None else negative_embeds.to(dtype)
         transformers = (self.pipe.transformer, getattr(self.pipe, "transformer_2", None))
+        for transformer in transformers:
+            # A step cache keeps what it saw in the previous clip: each clip starts afresh, as a resumed film does.
+            if getattr(transformer, "is_cache_enabled", False):
+                transformer._reset_stateful_cache()
         for i, (t, expert) in enumerate(zip(scheduler.timesteps, experts, strict=True)):
             if self.swap_experts and (i == 0 or expert != experts[i - 1]):
                 self._only_on_device(transformers[expert], transformers[1 - expert])
             transformer, scale = transformers[expert], scales[expert]
             model_input = torch.cat([latents, condition], dim=1).to(dtype)
-            velocity = predict_velocity(transformer, model_input, t.expand(1), prompt_embeds, image_embeds)
-            if scale > 1.0 and negative_embeds is not None:
-                velocity_uncond = predict_velocity(transformer, model_input, t.expand(1), negative_embeds, image_embeds)
-                velocity = velocity_uncond + scale * (velocity - velocity_uncond)
+            negative = negative_embeds if scale > 1.0 else None
+            velocity = self._velocity(transformer, model_input, t, prompt_embeds, negative, image_embeds, scale)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             if on_step is not None:
                 on_step(i + 1, steps)
         return latents[0].float()
+
+    def _velocity(
+        self,
+        transformer: torch.nn.Module,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        image_embeds: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
+        """The (guided, when `negative_embeds` is given) velocity `[1, 16, T, h, w]` at timestep `t` (a scalar):
+        cond and uncond in two forwards as diffusers' pipeline runs them, or in one of batch 2 (`batch_cfg`)."""
+        if negative_embeds is None:
+            with _cache_context(transformer, "cond"):
+                return predict_velocity(transformer, model_input, t.expand(1), prompt_embeds, image_embeds)
+        if self.batch_cfg:
+            images = None if image_embeds is None else image_embeds.expand(2, -1, -1)
+            with _cache_context(transformer, "cond_uncond"):
+                both = predict_velocity(
+                    transformer,
+                    model_input.expand(2, -1, -1, -1, -1),
+                    t.expand(2),
+                    torch.cat([prompt_embeds, negative_embeds]),
+                    images,
+                )
+            cond, uncond = both.chunk(2)
+        else:
+            with _cache_context(transformer, "cond"):
+                cond = predict_velocity(transformer, model_input, t.expand(1), prompt_embeds, image_embeds)
+            with _cache_context(transformer, "uncond"):
+                uncond = predict_velocity(transformer, model_input, t.expand(1), negative_embeds, image_embeds)
+        return uncond + scale * (cond - uncond)
 
     def _only_on_device(self, active: torch.nn.Module, waiting: torch.nn.Module) -> None:
         """Put the waiting expert on the CPU first (freeing its memory), then the active one on the device."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from svi_model.sampler import ClipSampler
 
 from ..hashing import file_sha256, folder_fingerprint
+from .speed_options import SpeedOptions
 
 Dtype = Literal["auto", "bf16", "fp32"]
 Offload = Literal["none", "model", "group", "experts"]
@@ -59,8 +60,8 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class EngineSpec(BaseModel):
-    """The model folder, the LoRA and how they are placed on the hardware."""
+class EngineSpec(SpeedOptions):
+    """The model folder, the LoRA, how they are placed on the hardware, and the speed levers (`SpeedOptions`)."""
 
     model_config = ConfigDict(protected_namespaces=(), frozen=True)
 
@@ -108,6 +109,7 @@ class EngineSpec(BaseModel):
                 if self.stacked_loras
                 else {}
             ),
+            **({"output_changing": self.output_changing()} if self.output_changing() else {}),
         }
 
 
@@ -139,6 +141,7 @@ def loaded_sampler(spec: EngineSpec) -> ClipSampler:
     """The sampler `spec` names, loading it on first use (thread-safe: Prefect runs tasks in threads)."""
     with _lock:
         if spec not in _samplers:
+            from svi_model.levers import apply_levers
             from svi_model.loading import load_wan_pipeline
             from svi_model.lora_files import apply_lora, read_lora_file
 
@@ -155,7 +158,12 @@ def loaded_sampler(spec: EngineSpec) -> ClipSampler:
             files = {lora: read_lora_file(lora) for lora in dict.fromkeys(lora for _, lora, _ in applications)}
             for transformer, lora, scale in applications:
                 apply_lora(transformer, files[lora], scale=scale, fuse=spec.fuse_lora)
+            for transformer in (pipe.transformer, getattr(pipe, "transformer_2", None)):
+                if transformer is not None:  # after the LoRAs: fp8 rounds the fused weights, compile traces them
+                    apply_levers(transformer, **spec.levers())
             # Only one model of this size fits: a different spec replaces the loaded one.
             _samplers.clear()
-            _samplers[spec] = ClipSampler(pipe, boundary=spec.boundary, swap_experts=spec.offload == "experts")
+            _samplers[spec] = ClipSampler(
+                pipe, boundary=spec.boundary, swap_experts=spec.offload == "experts", batch_cfg=spec.batch_cfg
+            )
         return _samplers[spec]
