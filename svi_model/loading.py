@@ -11,6 +11,7 @@ samples with `SVIFlowMatchScheduler` whatever scheduler the folder ships. Nothin
 """
 
 import os
+from collections.abc import Callable
 
 # huggingface_hub reads this once, at import; set it before diffusers/transformers pull it in.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -294,6 +295,7 @@ def load_wan_pipeline(
     offload: str = "none",
     vae_tiling: bool = False,
     components_folder: str | os.PathLike | None = None,
+    prepare: Callable[[WanImageToVideoPipeline], None] | None = None,
 ) -> WanImageToVideoPipeline:
     """A `WanImageToVideoPipeline` of the Wan I2V model in `folder` (either layout), modules in eval mode: Wan2.1's
     one DiT with its CLIP image encoder, or Wan2.2-A14B's two experts (`transformer` high noise, `transformer_2` low
@@ -308,6 +310,9 @@ def load_wan_pipeline(
     `image_processor/` where `folder` lacks them (needed for the original layout, whose T5/CLIP files diffusers
     cannot read). The scheduler is always `SVIFlowMatchScheduler()`. Raises ModelFolderError, listing every missing
     or unreadable item, before anything heavy is read.
+    `prepare(pipe)`: what changes the weights (LoRAs, fp8), run once they are placed; with "group" before, since
+    group offload with CUDA streams copies every weight into pinned CPU memory once, and restores that copy after
+    each use, so a weight changed after it is enabled comes back unchanged.
     """
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be one of {OFFLOAD_MODES}, not {offload!r}")
@@ -361,6 +366,8 @@ def load_wan_pipeline(
         pipe.to(device)
         pipe.transformer_2.to("cpu")
     elif offload == "group":
+        if prepare is not None:
+            prepare(pipe)
         # On CUDA a side stream copies the next block in while this one computes (from pinned CPU memory).
         pipe.enable_group_offload(
             onload_device=torch.device(device),
@@ -369,6 +376,9 @@ def load_wan_pipeline(
             num_blocks_per_group=1,
             use_stream=torch.device(device).type == "cuda",
         )
+        return pipe
     else:
         pipe.to(device)
+    if prepare is not None:
+        prepare(pipe)
     return pipe

@@ -84,6 +84,16 @@ def test_compiled_blocks_trace_once_for_every_block_step_and_clip(reference, def
     assert (torch.stack(latents) - default_film).abs().max().item() <= SAME
 
 
+def test_compile_traces_around_a_step_caches_hooks(reference):
+    """A step cache decides on the host (torch.compiler.disable): with one, the blocks compile in pieces (no
+    fullgraph) and the clip is the one the cache makes uncompiled."""
+    torch._dynamo.reset()
+    compiled = tiny_sampler(step_cache="first_block", compile=True, compile_backend=CompileCounter())
+    latents = pro_film(compiled, reference, clips=1)
+    torch._dynamo.reset()
+    assert (latents - pro_film(tiny_sampler(step_cache="first_block"), reference, clips=1)).abs().max().item() <= SAME
+
+
 def test_pro_encodes_the_anchor_and_its_clip_tokens_once_per_film(reference, monkeypatch):
     """The synthesize stage makes a renderer per clip; the sampler still encodes the anchor (VAE) and its CLIP
     tokens once, and each prompt's text once, and the clips are those of one renderer exactly."""
@@ -156,8 +166,13 @@ def test_levers_are_request_settings(model_dir):
         FilmRequest(step_cache_threshold=0.1)
 
 
-def test_group_offload_streams_on_cuda(model_dir, monkeypatch):
-    seen = {}
-    monkeypatch.setattr(WanImageToVideoPipeline, "enable_group_offload", lambda self, **kwargs: seen.update(kwargs))
-    load_wan_pipeline(model_dir, device="cuda", offload="group")
-    assert seen["use_stream"] is True and seen["onload_device"] == torch.device("cuda")
+def test_group_offload_streams_on_cuda_once_the_weights_are_prepared(model_dir, monkeypatch):
+    """Streams keep a pinned CPU copy of each weight as it is when offload is enabled: LoRAs and fp8 come first."""
+    calls = []
+    offload = lambda self, **kwargs: calls.append(("offload", kwargs))  # noqa: E731
+    monkeypatch.setattr(WanImageToVideoPipeline, "enable_group_offload", offload)
+    load_wan_pipeline(model_dir, device="cuda", offload="group", prepare=lambda pipe: calls.append(("prepare", {})))
+    assert [name for name, _ in calls] == ["prepare", "offload"]
+    assert calls[1][1]["use_stream"] is True and calls[1][1]["onload_device"] == torch.device("cuda")
+    with pytest.raises(ValueError, match="with offload group use fp8 storage"):
+        EngineSpec(model=model_dir, offload="group", fp8="gemm")

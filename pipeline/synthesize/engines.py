@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from svi_model.sampler import ClipSampler
 
@@ -80,6 +80,12 @@ class EngineSpec(SpeedOptions):
         None, gt=0.0, lt=1.0, description="two experts: where the low-noise one takes over, ·1000 (default 0.875)"
     )
 
+    @model_validator(mode="after")
+    def _fp8_gemm_on_the_gpu(self):
+        if self.fp8 == "gemm" and self.offload == "group":
+            raise ValueError("fp8 gemm quantises the DiT on the GPU; with offload group use fp8 storage")
+        return self
+
     @field_validator("stacked_loras", mode="before")
     @classmethod
     def _parsed(cls, loras):
@@ -145,6 +151,16 @@ def loaded_sampler(spec: EngineSpec) -> ClipSampler:
             from svi_model.loading import load_wan_pipeline
             from svi_model.lora_files import apply_lora, read_lora_file
 
+            def prepare(pipe) -> None:
+                applications = _loras_per_expert(spec, pipe)
+                # A stacked LoRA for both experts is read once (a distill LoRA is about 1 GB).
+                files = {lora: read_lora_file(lora) for lora in dict.fromkeys(lora for _, lora, _ in applications)}
+                for transformer, lora, scale in applications:
+                    apply_lora(transformer, files[lora], scale=scale, fuse=spec.fuse_lora)
+                for transformer in (pipe.transformer, getattr(pipe, "transformer_2", None)):
+                    if transformer is not None:  # after the LoRAs: fp8 rounds the fused weights, compile traces them
+                        apply_levers(transformer, **spec.levers())
+
             pipe = load_wan_pipeline(
                 spec.model,
                 device=spec.device,
@@ -152,15 +168,8 @@ def loaded_sampler(spec: EngineSpec) -> ClipSampler:
                 text_encoder_dtype=spec.torch_dtype,
                 offload=spec.offload,
                 vae_tiling=spec.vae_tiling,
+                prepare=prepare,
             )
-            applications = _loras_per_expert(spec, pipe)
-            # A stacked LoRA for both experts is read once (a distill LoRA is about 1 GB).
-            files = {lora: read_lora_file(lora) for lora in dict.fromkeys(lora for _, lora, _ in applications)}
-            for transformer, lora, scale in applications:
-                apply_lora(transformer, files[lora], scale=scale, fuse=spec.fuse_lora)
-            for transformer in (pipe.transformer, getattr(pipe, "transformer_2", None)):
-                if transformer is not None:  # after the LoRAs: fp8 rounds the fused weights, compile traces them
-                    apply_levers(transformer, **spec.levers())
             # Only one model of this size fits: a different spec replaces the loaded one.
             _samplers.clear()
             _samplers[spec] = ClipSampler(
