@@ -1,4 +1,5 @@
 import os
+import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +29,18 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="module")
+def bench_folder() -> Path:
+    """`bench/`, on the import path while a module's tests run, as it is for a script run from there (the bench
+    scripts import their siblings)."""
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(folder))
+    try:
+        yield folder
+    finally:
+        sys.path.remove(str(folder))
 
 
 @pytest.fixture(scope="session")

@@ -9,24 +9,19 @@ import contextlib
 import json
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
-def estimate():
+def estimate(bench_folder):
     """The script's functions; it imports its sibling `erft_step` as a script run from bench/ would."""
-    sys.path.insert(0, str(BENCH))
     try:
-        yield runpy.run_path(str(BENCH / "erft_memory_estimate.py"))
+        yield runpy.run_path(str(bench_folder / "erft_memory_estimate.py"))
     finally:
-        sys.path.remove(str(BENCH))
         AcceleratorState._reset_state()  # its bf16 Accelerator must not outlive these tests
 
 
