@@ -207,7 +207,7 @@ def main() -> None:
             seconds, output = forward_seconds(stock, inputs, device, args.reps)
             attention[backend] = {"s": round(seconds, 4), "mfu": mfu(seconds), **compared(output, stock_out)}
         except Exception as error:  # a kernel this device or install lacks: say which and why, go on
-            attention[backend] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+            attention[backend] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
     stock.set_attention_backend("native")
     our_levers = dict(attention_backend=args.attention or OURS_ATTENTION[device.type])
     our_levers["compile"] = args.compile_backend != "none"
@@ -259,10 +259,10 @@ def main() -> None:
     print(f"clip, 50 steps (extrapolated): ours {extrapolated['ours']:.2f} s, stock {extrapolated['stock']:.2f} s")
 
     # ---- levers on and off ----------------------------------------------------------------------------------------
-    levers = figures["levers"] = {"batch_cfg": batch_cfg(sampler, frames[0], clip, 1, device)}
+    levers = figures["levers"] = {"batch_cfg": attempt(lambda: batch_cfg(sampler, frames[0], clip, 1, device))}
     cache_steps = args.cache_steps if args.cache_steps is not None else (8 if args.tiny else 0)
     if cache_steps:
-        levers["step_caches"] = step_caches(stock_pipe, frames[0], clip, cache_steps, device)
+        levers["step_caches"] = attempt(lambda: step_caches(stock_pipe, frames[0], clip, cache_steps, device))
     else:
         levers["step_caches"] = "not run: random weights say nothing of how often a cache skips (--cache-steps N)"
     write()
@@ -272,18 +272,32 @@ def main() -> None:
         return seconds, {"mfu": mfu(seconds), **compared(output, stock_out)}
 
     idle = [ours, pipe.text_encoder, pipe.image_encoder, pipe.vae]
-    levers.update(memory_modes(stock, stock_forward, idle, device))
+    levers["memory_modes"] = attempt(lambda: memory_modes(stock, stock_forward, idle, device))
     weights = None if device.type == "cpu" else round(resident_bytes(ours) / 2**30, 3)
     levers["full_memory_forward"] = {"s": round(stock_s, 4), "dit_weights_on_device_gib": weights}
     if fp8_gemms_possible(device):
-        fp8_gemms(ours)  # last: it changes our DiT in place (and it compiles again for the float8 weights)
-        seconds, comparison = stock_forward(ours)
-        levers["fp8_gemm_forward"] = {"s": round(seconds, 4), **comparison}
+
+        def fp8_gemm_forward() -> dict:
+            fp8_gemms(ours)  # last: it changes our DiT in place (and it compiles again for the float8 weights)
+            seconds, comparison = stock_forward(ours)
+            return {"s": round(seconds, 4), **comparison}
+
+        levers["fp8_gemm_forward"] = attempt(fp8_gemm_forward)
     else:
         levers["fp8_gemm_forward"] = "not run: needs torchao and CUDA compute capability >= 8.9"
     write()
     print(json.dumps(figures, indent=2))
     print(f"written: {path}")
+
+
+def attempt(measure) -> dict:
+    """What `measure()` returns, or the error it raised: one lever that fails on a device (a kernel, a package, a
+    combination of hooks never run there) must not cost the figures of the others in a run that cannot be repeated
+    at will."""
+    try:
+        return measure()
+    except Exception as error:
+        return {"error": f"{type(error).__name__}: {str(error)[:300]}"}
 
 
 def fp8_gemms_possible(device: torch.device) -> bool:

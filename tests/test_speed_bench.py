@@ -42,4 +42,5 @@ def test_tiny_run_writes_the_figures(tmp_path):
     levers = figures["levers"]
     assert levers["batch_cfg"]["max_abs_diff"] <= 1e-5
     assert 0 < levers["step_caches"]["first_block"]["relative_l2_of_latents"] < 0.05
-    assert 0.99 < levers["fp8_storage"]["cosine"] < 1 and levers["fp8_storage_group_offload"]["cosine"] > 0.99
+    modes = levers["memory_modes"]
+    assert 0.99 < modes["fp8_storage"]["cosine"] < 1 and modes["fp8_storage_group_offload"]["cosine"] > 0.99
