@@ -17,6 +17,7 @@ from pipeline.synthesize.engines import loaded_sampler
 from svi_model.chain import FilmRenderer
 from svi_model.demo_model import LORA_FILE, SHIPPED_FOLDER, demo_model_folder
 from svi_model.demo_model.build import build_demo_model
+from svi_model.demo_model.lora_phase import ABLATIONS, lora_config, train_ablation
 from svi_model.demo_model.model_folder import world_words
 from svi_model.demo_model.recipe import DemoRecipe
 from svi_model.drift.benchmark import run_drift_benchmark
@@ -88,6 +89,14 @@ def test_the_quick_recipe_runs_every_phase_into_a_loadable_folder_and_resumes(tm
     build_demo_model(out, work, DemoRecipe().quick(), progress=False)
     again = load_wan_pipeline(out, device="cpu").transformer.state_dict()
     assert all(torch.equal(first_weights[k], again[k]) for k in first_weights)
+    # The ablation LoRAs train on the same base: one from the cache, the augmentation one from the videos.
+    for name in ABLATIONS:
+        result = train_ablation(name, DemoRecipe().quick(), work)
+        assert result.lora_file.is_file() and result.lora_file.parent == work / f"lora-{name}"
+    augmentation = lora_config(
+        DemoRecipe(), out, work / "latents", tmp_path, work / "videos", **ABLATIONS["augmentation"]
+    )
+    assert augmentation.data.latent_cache is None and not augmentation.recycling_settings().enabled
 
 
 def test_the_demo_model_setting_names_what_is_wrong(monkeypatch, tmp_path):

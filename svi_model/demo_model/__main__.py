@@ -1,7 +1,9 @@
 """Train the demo model from nothing: `python -m svi_model.demo_model [OUT] [--work FOLDER] [--quick]`.
 
 Seeded and resumable (run the same command again after a stop); each phase shows a progress bar and its losses go
-to the work folder. About 80 minutes on 2 CPU cores; `--quick` runs every phase for a few steps (a smoke check).
+to the work folder. About 100 minutes on 2 CPU cores; `--quick` runs every phase for a few steps (a smoke check).
+`--ablations` then trains the drift evaluation's ablation LoRAs on the same base (about 10 minutes more) and prints
+the `svi eval drift` command that compares all four.
 """
 
 import argparse
@@ -12,8 +14,9 @@ from pathlib import Path
 import torch
 
 from .build import PhaseCheckFailed, build_demo_model
+from .lora_phase import ABLATIONS, train_ablation
 from .recipe import DemoRecipe
-from .shipped import SHIPPED_FOLDER
+from .shipped import LORA_FILE, SHIPPED_FOLDER
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,16 +25,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/demo-model-training"), help="checkpoints and data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps per phase, to check the recipe runs")
+    parser.add_argument("--ablations", action="store_true", help="also train the ablation LoRAs (svi eval drift)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
-    recipe = DemoRecipe(seed=args.seed)
+    recipe = DemoRecipe(seed=args.seed).quick() if args.quick else DemoRecipe(seed=args.seed)
     try:
-        report = build_demo_model(args.out, args.work, recipe.quick() if args.quick else recipe)
+        report = build_demo_model(args.out, args.work, recipe)
     except PhaseCheckFailed as error:
         parser.exit(1, f"error: {error}\n")
     print(json.dumps(report, indent=2))
     print(f"wrote the demo model to {args.out}")
+    if args.ablations:
+        variants = [f"--variant base=none --variant erft={args.out / LORA_FILE}"]
+        for name in ABLATIONS:
+            variants.append(f"--variant {name}={train_ablation(name, recipe, args.work).lora_file}")
+        print(f"compare them: svi eval drift --model {args.out} {' '.join(variants)}")
 
 
 if __name__ == "__main__":
