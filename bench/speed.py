@@ -59,7 +59,7 @@ from speed_measure import (
 )
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-from svi_model.levers import apply_levers, fp8_gemms
+from svi_model.levers import apply_levers, fp8_gemms, fp8_gemms_unavailable
 from svi_model.sampler import TEXT_TOKENS, ClipSampler
 from svi_model.schedule import SVIFlowMatchScheduler
 from svi_model.tiny import tiny_components, tiny_tokenizer
@@ -275,7 +275,7 @@ def main() -> None:
     levers["memory_modes"] = attempt(lambda: memory_modes(stock, stock_forward, idle, device))
     weights = None if device.type == "cpu" else round(resident_bytes(ours) / 2**30, 3)
     levers["full_memory_forward"] = {"s": round(stock_s, 4), "dit_weights_on_device_gib": weights}
-    if fp8_gemms_possible(device):
+    if fp8_gemms_unavailable(device) is None:
 
         def fp8_gemm_forward() -> dict:
             fp8_gemms(ours)  # last: it changes our DiT in place (and it compiles again for the float8 weights)
@@ -298,16 +298,6 @@ def attempt(measure) -> dict:
         return measure()
     except Exception as error:
         return {"error": f"{type(error).__name__}: {str(error)[:300]}"}
-
-
-def fp8_gemms_possible(device: torch.device) -> bool:
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
-        return False
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

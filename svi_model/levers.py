@@ -25,8 +25,17 @@ import torch
 
 # Exact attention (up to floating-point rounding) first; `sage` quantises Q and K to 8 bits. The `*_hub` backends
 # are left out: they download kernels.
-EXACT_ATTENTION = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "_native_math", "flex", "flash")
-EXACT_ATTENTION += ("_flash_3", "xformers")
+EXACT_ATTENTION = (
+    "native",
+    "_native_cudnn",
+    "_native_flash",
+    "_native_efficient",
+    "_native_math",
+    "flex",
+    "flash",
+    "_flash_3",
+    "xformers",
+)
 ATTENTION_BACKENDS = (*EXACT_ATTENTION, "sage")
 STEP_CACHES = ("none", "first_block", "taylorseer")
 FP8_MODES = ("none", "storage", "gemm")
@@ -55,18 +64,27 @@ def step_cache_config(kind: str, threshold: float | None = None):
     raise ValueError(f"step_cache must be one of {STEP_CACHES}, not {kind!r}")
 
 
-def fp8_gemms(transformer: torch.nn.Module) -> None:
-    """FP8 (e4m3, per-row scales) weights and dynamically quantised activations in the blocks' linear layers."""
-    device = next(transformer.parameters()).device
+def fp8_gemms_unavailable(device: torch.device) -> str | None:
+    """Why FP8 matmuls cannot run on `device` (what to do instead), or None when they can."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
-        raise ValueError(
+        return (
             f"fp8 gemm needs a CUDA GPU of compute capability 8.9 or more (H100, H200, Ada); the DiT is on {device}: "
             "use fp8 storage (weights only) or none"
         )
     try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        import torchao  # noqa: F401
     except ImportError:
-        raise ValueError("fp8 gemm needs torchao: pip install 'svi-film[fp8]' (or torchao)") from None
+        return "fp8 gemm needs torchao: pip install 'svi-film[fp8]' (or torchao)"
+    return None
+
+
+def fp8_gemms(transformer: torch.nn.Module) -> None:
+    """FP8 (e4m3, per-row scales) weights and dynamically quantised activations in the blocks' linear layers."""
+    reason = fp8_gemms_unavailable(next(transformer.parameters()).device)
+    if reason is not None:
+        raise ValueError(reason)
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
     quantize_(
         transformer,
         Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
