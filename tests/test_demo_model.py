@@ -16,6 +16,7 @@ from pipeline.storyline.template import template_storyline
 from pipeline.synthesize.engines import loaded_sampler
 from svi_model.chain import FilmRenderer
 from svi_model.demo_model import LORA_FILE, SHIPPED_FOLDER, demo_model_folder
+from svi_model.demo_model.base_check import condition_use
 from svi_model.demo_model.build import build_demo_model
 from svi_model.demo_model.lora_phase import ABLATIONS, lora_config, train_ablation
 from svi_model.demo_model.model_folder import world_words
@@ -80,7 +81,9 @@ def test_red_ball_finds_a_world_picture_of_a_red_ball_first():
 def test_the_quick_recipe_runs_every_phase_into_a_loadable_folder_and_resumes(tmp_path):
     out, work = tmp_path / "model", tmp_path / "work"
     report = build_demo_model(out, work, DemoRecipe().quick(), progress=False)
-    assert set(report["seconds"]) == {"videos", "vae", "vae_check", "latent_cache", "base", "lora"}
+    assert set(report["seconds"]) == {"videos", "vae", "vae_check", "latent_cache", "base", "base_check", "lora"}
+    assert set(report["base_condition_use"]) == {"first_frame", "motion_frames", "channel_mean", "gain"}
+    assert all(np.isfinite(value) for value in report["base_condition_use"].values())
     assert (out / LORA_FILE).is_file() and (out / "training-report.json").is_file()
     pipe = load_wan_pipeline(out, device="cpu")
     assert pipe.vae.config.scale_factor_spatial == 4 and len(pipe.vae.config.latents_mean) == 16
@@ -138,3 +141,21 @@ def test_the_shipped_model_starts_from_the_picture_and_moves(monkeypatch):
     assert 10 * torch.log10(255.0**2 / first) > FIRST_FRAME_PSNR_FLOOR
     # "rolls right": the last frame differs from the first by more than noise would (mean absolute, 0-255).
     assert (frames[-1] - frames[0]).abs().mean() > MOTION_FLOOR
+
+
+class _NoiseEcho(torch.nn.Module):
+    """A stand-in DiT whose velocity is its noisy input: its x0 prediction is 0 at σ = 1, whatever the condition."""
+
+    dtype, device = torch.float32, torch.device("cpu")
+
+    def forward(self, hidden_states, **_):
+        return (hidden_states[:, :16],)
+
+
+def test_the_base_check_scores_a_dit_that_ignores_its_condition_at_or_below_the_channel_mean(sampler, monkeypatch):
+    monkeypatch.setattr(sampler.pipe, "transformer", _NoiseEcho())
+    result = condition_use(sampler, seed=0, count=2)
+    # x0 = 0 misses the channel means too: its error is the latents' mean square, never below the baseline.
+    assert result["first_frame"] == pytest.approx(result["motion_frames"])
+    assert result["first_frame"] >= result["channel_mean"] > 0
+    assert result["gain"] <= 0

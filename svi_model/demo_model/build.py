@@ -22,8 +22,10 @@ from ..erft.dataset import ClipSettings, read_video_index
 from ..erft.latent_cache import build_latent_cache
 from ..erft.training_data import encoders_on
 from ..loading import load_wan_pipeline
+from ..sampler import ClipSampler
 from ..toyworld import write_dataset
 from ..toyworld.files import SCENES_FILE
+from .base_check import condition_use
 from .base_phase import train_base
 from .lora_phase import MOTION_PROBABILITY, train_lora
 from .model_folder import set_latent_statistics, write_model_folder
@@ -78,6 +80,8 @@ def build_demo_model(out: Path, work: Path, recipe: DemoRecipe = DemoRecipe(), p
         losses = [loss for _, loss in losses]
         report["base_loss"] = {"first_100": _mean(losses[:100]), "last_100": _mean(losses[-100:])}
     base_model = write_model_folder(work / "base-model", vae, transformer, recipe.seed)
+    report["base_condition_use"] = timed("base_check", lambda: _condition_use(base_model, recipe))
+    log.info("phase 2 base DiT, x0 error at σ = 1 on made-up frames: %s", report["base_condition_use"])
 
     result = timed("lora", lambda: train_lora(recipe, base_model, cache, work / "lora"))
     report["lora_loss"] = {"first_100": _mean(result.losses[:100]), "last_100": _mean(result.losses[-100:])}
@@ -90,6 +94,11 @@ def build_demo_model(out: Path, work: Path, recipe: DemoRecipe = DemoRecipe(), p
     write_text_atomic(staged / "training-report.json", json.dumps(report, indent=2) + "\n")
     replace_folder(staged, out)
     return report
+
+
+def _condition_use(model: Path, recipe: DemoRecipe) -> dict[str, float]:
+    pipe = load_wan_pipeline(model, device="cpu", transformer_dtype=torch.float32, text_encoder_dtype=torch.float32)
+    return condition_use(ClipSampler(pipe), recipe.seed, recipe.check_clips)
 
 
 def _mean(values: list[float]) -> float:
