@@ -33,6 +33,7 @@ def condition_use(sampler: ClipSampler, seed: int, count: int = 8, sigma: float 
     gain 0 is a base that reads only colours from its condition, gain 1 one that predicts the clip exactly.
     """
     transformer = sampler.pipe.transformer
+    timestep = torch.tensor([1000.0 * sigma], device=sampler.device)
     errors = {name: [] for name in CONDITION_FRAMES}
     baseline = []
     for index in range(count):
@@ -42,14 +43,15 @@ def condition_use(sampler: ClipSampler, seed: int, count: int = 8, sigma: float 
         latents = sampler.encode(unit_range(frames))
         later = latents[:, FIRST_MADE_UP_FRAME:]
         baseline.append((later - later.mean(dim=(1, 2, 3), keepdim=True)).square().mean().item())
-        text = sampler.text_embeddings(caption(scene))
+        # Cast as the sampler casts them for the DiT (`ClipSampler.denoise`).
+        text = sampler.text_embeddings(caption(scene)).to(transformer.dtype)
         image = sampler.image_embeddings(frames[0])
+        image = None if image is None else image.to(transformer.dtype)
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(derived_seed(seed, "noise", index)))
         noisy = (1 - sigma) * latents + sigma * noise
         for name, motion in CONDITION_FRAMES.items():
             condition = mask_and_latents(sampler.encode(condition_video(frames[:motion], NUM_FRAMES)))
             model_input = torch.cat([noisy, condition])[None].to(sampler.device, transformer.dtype)
-            timestep = torch.tensor([1000.0 * sigma], device=sampler.device)
             velocity = predict_velocity(transformer, model_input, timestep, text, image)[0].float().cpu()
             predicted = noisy - sigma * velocity
             errors[name].append((predicted - latents)[:, FIRST_MADE_UP_FRAME:].square().mean().item())

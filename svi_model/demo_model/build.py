@@ -96,9 +96,13 @@ def build_demo_model(out: Path, work: Path, recipe: DemoRecipe = DemoRecipe(), p
     return report
 
 
+def _float32_pipeline(model: Path):
+    """The model folder's pipeline on the CPU in float32, as the recipe trains it."""
+    return load_wan_pipeline(model, device="cpu", transformer_dtype=torch.float32, text_encoder_dtype=torch.float32)
+
+
 def _condition_use(model: Path, recipe: DemoRecipe) -> dict[str, float]:
-    pipe = load_wan_pipeline(model, device="cpu", transformer_dtype=torch.float32, text_encoder_dtype=torch.float32)
-    return condition_use(ClipSampler(pipe), recipe.seed, recipe.check_clips)
+    return condition_use(ClipSampler(_float32_pipeline(model)), recipe.seed, recipe.check_clips)
 
 
 def _mean(values: list[float]) -> float:
@@ -117,8 +121,7 @@ def _encode_cache(model: Path, videos: Path, cache: Path, recipe: DemoRecipe, pr
     settings = ClipSettings.for_mode(
         "film", num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH, motion_probability=MOTION_PROBABILITY
     )
-    pipe = load_wan_pipeline(model, device="cpu", transformer_dtype=torch.float32, text_encoder_dtype=torch.float32)
-    sampler = encoders_on(pipe, torch.device("cpu"))
+    sampler = encoders_on(_float32_pipeline(model), torch.device("cpu"))
     build_latent_cache(
         read_video_index(videos),
         sampler,
