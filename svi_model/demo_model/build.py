@@ -27,9 +27,9 @@ from ..toyworld import write_dataset
 from ..toyworld.files import SCENES_FILE
 from .base_check import condition_use
 from .base_phase import train_base
-from .lora_phase import MOTION_PROBABILITY, train_lora
+from .lora_phase import train_lora
 from .model_folder import set_latent_statistics, write_model_folder
-from .recipe import FPS, HEIGHT, NUM_FRAMES, VIDEO_FRAMES, WIDTH, DemoRecipe, demo_transformer
+from .recipe import FPS, HEIGHT, TRAINING_CLIPS, VIDEO_FRAMES, WIDTH, DemoRecipe, demo_transformer
 from .shipped import LORA_FILE
 from .vae_phase import reconstruction_psnr, train_vae
 
@@ -118,9 +118,7 @@ def _write_videos(folder: Path, recipe: DemoRecipe, progress: bool) -> None:
 
 
 def _encode_cache(model: Path, videos: Path, cache: Path, recipe: DemoRecipe, progress: bool) -> None:
-    settings = ClipSettings.for_mode(
-        "film", num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH, motion_probability=MOTION_PROBABILITY
-    )
+    settings = ClipSettings.for_mode("film", **TRAINING_CLIPS)
     sampler = encoders_on(_float32_pipeline(model), torch.device("cpu"))
     build_latent_cache(
         read_video_index(videos),

@@ -6,10 +6,8 @@ from pathlib import Path
 
 from ..erft.train_config import TrainConfig
 from ..erft.trainer import TrainResult, train
-from .recipe import HEIGHT, NUM_FRAMES, WIDTH, DemoRecipe
+from .recipe import TRAINING_CLIPS, DemoRecipe
 
-# Half of the clips in the cache continue from five motion frames, half start from the first frame alone.
-MOTION_PROBABILITY = 0.5
 LORA_LEARNING_RATE = 5e-4
 # Bank size per grid: at the demo's latent size, 2 banks × 50 grids × 100 errors stay under 1.3 GB.
 ERRORS_PER_GRID = 100
@@ -26,15 +24,15 @@ ABLATIONS: dict[str, dict] = {
 def lora_config(
     recipe: DemoRecipe, model: Path, cache: Path, out: Path, videos: Path | None = None, **recycling
 ) -> TrainConfig:
-    """The ERFT configuration of phase 3 (SVI-Film, m = 5) at the demo's size; `recycling` overrides the error
-    recycling settings (e.g. `use_image_errors=False`). With `videos`, clips are cut and encoded at every step from
-    them instead of read from `cache` (raw mode)."""
+    """The ERFT configuration of phase 3 (SVI-Film, m = 5, reference padding) at the demo's size; `recycling`
+    overrides the error recycling settings (e.g. `use_image_errors=False`). With `videos`, clips are cut and encoded
+    at every step from them instead of read from `cache` (raw mode)."""
     return TrainConfig(
         model=model,
         data={"videos": videos} if videos is not None else {"latent_cache": cache},
         output_dir=out,
         mode="film",
-        clip={"num_frames": NUM_FRAMES, "height": HEIGHT, "width": WIDTH, "motion_probability": MOTION_PROBABILITY},
+        clip=TRAINING_CLIPS,
         recycling={"errors_per_grid": ERRORS_PER_GRID, "storage_dtype": "float32", **recycling},
         learning_rate=LORA_LEARNING_RATE,
         steps=recipe.lora_steps,

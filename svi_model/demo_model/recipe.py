@@ -13,10 +13,22 @@ from dataclasses import dataclass
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from ..tiny import tiny_transformer
+from .shipped import PADDING
 
 HEIGHT, WIDTH, NUM_FRAMES, FPS = 64, 112, 33, 16
 # Training videos are longer than a clip so that clips start at every phase of a motion, as a film's later clips do.
 VIDEO_FRAMES = 97
+# How phases 2 and 3 cut and condition training clips (`erft.dataset.ClipSettings` changes to mode "film"): half
+# continue from five motion frames, half start from the first frame alone; the padding is a frame of the same video
+# from outside the clip, as a film's later clips are padded with a picture from before them.
+TRAINING_CLIPS = dict(
+    num_frames=NUM_FRAMES,
+    height=HEIGHT,
+    width=WIDTH,
+    motion_probability=0.5,
+    padding=PADDING,
+    padding_anchor="outside",
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class DemoRecipe:
     min_vae_psnr: float = 22.0
     statistics_clips: int = 16
     cache_samples: int = 2
-    base_steps: int = 3500
+    base_steps: int = 2500
     base_batch: int = 4
     base_learning_rate: float = 4e-4
     lora_steps: int = 600

@@ -10,6 +10,12 @@ from pathlib import Path
 
 SHIPPED_FOLDER = Path(__file__).resolve().parents[2] / "assets" / "demo_model"
 LORA_FILE = "svi-film.safetensors"
+# The demo model is SVI-Film (five motion frames, a prompt stream) with Shot's reference padding: every frame of
+# the condition after the motion frames is the film's first picture, not mid-grey. A DiT this small does not learn
+# to carry a grey-padded condition's picture into the frames it makes up (`base_check`, and the README's "What the
+# base lacks"); with the picture at every latent frame of the condition, keeping the scene is a copy at the same
+# place. It is trained (`recipe.TRAINING_CLIPS`) and rendered (the demo profile, `svi eval drift`) that way.
+PADDING = "reference"
 ENVIRONMENT_VARIABLE = "SVI_DEMO_MODEL"
 RANDOM = "random"
 

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..chain import FilmRenderer
+from ..demo_model import PADDING
 from ..loading import load_wan_pipeline
 from ..lora_files import apply_lora, read_lora_file
 from ..modes import mode_settings
@@ -90,12 +91,12 @@ def evaluate_variant(
 ) -> VariantResult:
     """Render every film with `variant` and average each metric over the films, clip by clip.
 
-    Sampling as the demo does (SVI-Film, `steps` steps, no guidance); film 0's clips give the contact frames (the
-    middle frame of clips `CONTACT_CLIPS` and of the last clip).
+    Sampling as the demo does (SVI-Film with the demo model's padding, `steps` steps, no guidance); film 0's
+    clips give the contact frames (the middle frame of clips `CONTACT_CLIPS` and of the last clip).
     """
     started = time.perf_counter()
     sampler = variant_sampler(model, variant)
-    settings = mode_settings("film", num_frames=num_frames, steps=steps, guidance_scale=1.0)
+    settings = mode_settings("film", num_frames=num_frames, padding=PADDING, steps=steps, guidance_scale=1.0)
     shown = contact_clips(clips)
     per_film, contact = [], []
     bar = tqdm(total=len(films) * clips, desc=f"drift: {variant.name}", unit="clip", disable=not progress)
