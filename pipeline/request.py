@@ -24,11 +24,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from svi_model import demo_model
 from svi_model.atomic_files import write_text_atomic
 from svi_model.conditioning import Padding
-from svi_model.demo_model import LORA_FILE as DEMO_LORA_FILE
-from svi_model.demo_model import PADDING as DEMO_PADDING
-from svi_model.demo_model import demo_model_folder
 from svi_model.modes import MODE_NAMES, FilmSettings, PromptMode, Stitch, mode_settings
 from svi_model.speeds import SPEED_NAMES, SPEEDS
 
@@ -46,17 +44,9 @@ from .synthesize.speed_options import SAME_OUTPUT_LEVERS, SpeedOptions
 
 # The demo's clips are the demo model's own: 33 frames at 112×64, its padding, 20 steps without guidance (it was
 # never trained on an empty prompt, so there is nothing to guide away from).
+_DEMO_CLIPS = dict(num_frames=33, padding=demo_model.PADDING, steps=20, guidance_scale=1.0, max_width=112)
 PROFILES: dict[str, dict[str, Any]] = {
-    "demo": dict(
-        source="bundled",
-        backend="template",
-        device="cpu",
-        num_frames=33,
-        padding=DEMO_PADDING,
-        steps=20,
-        guidance_scale=1.0,
-        max_width=112,
-    ),
+    "demo": dict(source="bundled", backend="template", device="cpu", **_DEMO_CLIPS),
     "wan": dict(source="bing", backend="qwen", num_frames=81, steps=50, max_width=832),
 }
 Profile = Literal[tuple(PROFILES)]
@@ -331,10 +321,10 @@ class FilmRequest(BaseModel):
         fields = render.model_dump(include=shared)
         model = render.model
         if model is None and self.profile == "demo":
-            shipped = demo_model_folder()
+            shipped = demo_model.demo_model_folder()
             model = shipped or tiny_model_folder()
             if shipped is not None and render.lora is None:
-                fields["lora"] = shipped / DEMO_LORA_FILE
+                fields["lora"] = shipped / demo_model.LORA_FILE
         return EngineSpec(model=model, **fields, **({"device": render.device} if render.device else {}))
 
     def clip_job(self, stream: PromptStream) -> ClipJob:
@@ -360,7 +350,7 @@ class FilmRequest(BaseModel):
 
     def uses_random_weights(self) -> bool:
         """True when the demo renders with tiny random weights (no model folder given, none shipped)."""
-        return self.profile == "demo" and self.render.model is None and demo_model_folder() is None
+        return self.profile == "demo" and self.render.model is None and demo_model.demo_model_folder() is None
 
 
 def save_run_request(request: FilmRequest, run: RunFolder) -> None:
