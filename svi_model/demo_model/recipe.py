@@ -63,7 +63,7 @@ class DemoRecipe:
     min_vae_psnr: float = 22.0
     statistics_clips: int = 16
     cache_samples: int = 2
-    base_steps: int = 2500
+    base_steps: int = 3500
     base_batch: int = 4
     base_learning_rate: float = 4e-4
     lora_steps: int = 600
