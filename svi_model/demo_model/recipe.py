@@ -4,7 +4,7 @@ Sizes are chosen for 2 CPU cores. 64×112 frames, 33 per clip (9 latent frames),
 compresses 4× in space (two spatial stages, both also temporal: Wan's 4× in time after a lone first frame), so a
 clip is 9 × 16 × 28 latents; the DiT's 2×2 patches make that 1008 tokens. A clip encodes in about half a second
 and a 30-step clip renders in a few seconds. The phase lengths are step counts (so a seed always gives the same
-weights); on 2 cores the whole recipe takes about 80 minutes (see the README's figures).
+weights); on 2 cores the whole recipe takes 90 to 140 minutes, with the cores' speed (see the README's figures).
 """
 
 import math
