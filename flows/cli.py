@@ -21,7 +21,10 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -343,20 +346,42 @@ def main(argv: list[str] | None = None) -> int:
         return exit.code
     for logger in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(logger).addFilter(_NoTracebackForBadInput())
-    try:
-        args.run(args)
-    except _user_errors() as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        if not _machine_problem(err):
-            raise
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: what was finished is kept; run the same command again to go on", file=sys.stderr)
-        return 130
+    with _ctrl_c_remembered() as interrupted:
+        try:
+            args.run(args)
+        except (KeyboardInterrupt, Exception) as err:
+            if isinstance(err, KeyboardInterrupt) or interrupted.is_set():
+                print("interrupted: what was finished is kept; run the same command again to go on", file=sys.stderr)
+                return 130
+            if isinstance(err, _user_errors()):
+                print(f"error: {_one_line(err)}", file=sys.stderr)
+                return 2
+            if not _machine_problem(err):
+                raise
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            return 1
     return 0
+
+
+@contextmanager
+def _ctrl_c_remembered():
+    """An event that Ctrl-C sets (it still raises KeyboardInterrupt). Prefect can turn that KeyboardInterrupt into
+    another error on its way out: a Ctrl-C as a task finishes ends the flow run with `ValueError('Task run is not
+    set')`. After a Ctrl-C, whatever ends the command is the interruption."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def remember(signum, frame):
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, remember)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

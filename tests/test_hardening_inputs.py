@@ -15,6 +15,7 @@ from PIL import Image
 from prefect.settings import PREFECT_API_URL
 
 import flows.film  # noqa: F401  (Prefect sets up its log handlers on import: on the real stderr, not a captured one)
+from flows import cli
 from flows.cli import main
 from svi_model.tiny import save_tiny_model
 
@@ -186,6 +187,22 @@ def test_a_real_ctrl_c_while_clips_render_is_one_line_and_exit_130(tmp_path):
     assert stderr.splitlines()[-1] == "interrupted: what was finished is kept; run the same command again to go on"
     assert "Traceback" not in stderr
     assert first_clip.is_file()
+
+
+def test_a_ctrl_c_that_prefect_turns_into_another_error_is_still_one_line_and_exit_130(monkeypatch, capsys):
+    # Prefect ended a flow run Ctrl-C'd just as a task finished with ValueError('Task run is not set') (CI,
+    # 2026-12-07), which read as bad input (exit 2). The same, without the timing: a command that is interrupted and
+    # then fails with another error.
+    def interrupted_then_another_error(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ValueError("Task run is not set") from None
+
+    monkeypatch.setattr(cli, "_eval_drift", interrupted_then_another_error)
+    assert main(["eval", "drift"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1].startswith("interrupted: what was finished is kept")
 
 
 @pytest.mark.usefixtures("prefect_server")
