@@ -132,7 +132,9 @@ def _encode_cache(model: Path, videos: Path, cache: Path, recipe: DemoRecipe, pr
     thread poorly: on 2 cores a clip took 1.03 s with two threads and 1.2 s with one, so two one-thread processes
     encode about 1.7 times as fast as one process."""
     items = read_video_index(videos)
-    workers = min(len(os.sched_getaffinity(0)), len(items))
+    # The cores this process may run on (Linux), else all of them (macOS has no affinity call).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cores, len(items))
     if workers > 1:
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads, initargs=(1,)) as pool:
