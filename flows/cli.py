@@ -189,7 +189,7 @@ def _eval_drift(args: argparse.Namespace) -> None:
     for variant in variants:
         if variant.lora is not None and not variant.lora.is_file():
             raise FileNotFoundError(f"variant {variant.name}: no LoRA file {variant.lora}")
-    for path in run_drift_benchmark(model, variants, args.films, args.clips, args.steps, args.out):
+    for path in run_drift_benchmark(model, variants, args.films, args.clips, args.steps, args.out, name=args.name):
         print(f"wrote {path}")
 
 
@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     drift.add_argument("--clips", type=int, default=30, help="clips per film")
     drift.add_argument("--steps", type=int, default=20, help="sampling steps per clip")
     drift.add_argument("--out", type=Path, default=Path("bench/results"))
+    drift.add_argument("--name", help="added to the output files' names: drift-DATE-NAME.json (default: drift-DATE)")
     drift.set_defaults(run=_eval_drift)
     try:
         args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 recipe runs every phase and resumes, the shipped model films, and `svi eval drift` writes its report."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from svi_model.demo_model.build import build_demo_model
 from svi_model.demo_model.lora_phase import ABLATIONS, lora_config, train_ablation
 from svi_model.demo_model.model_folder import world_words
 from svi_model.demo_model.recipe import DemoRecipe
+from svi_model.demo_model.vae_phase import TOY_WEIGHT, toy_clip
 from svi_model.drift.benchmark import run_drift_benchmark
 from svi_model.drift.evaluate import Variant
 from svi_model.loading import load_wan_pipeline
@@ -82,6 +84,7 @@ def test_the_quick_recipe_runs_every_phase_into_a_loadable_folder_and_resumes(tm
     out, work = tmp_path / "model", tmp_path / "work"
     report = build_demo_model(out, work, DemoRecipe().quick(), progress=False)
     assert set(report["seconds"]) == {"videos", "vae", "vae_check", "latent_cache", "base", "base_check", "lora"}
+    assert {"first_frame", "later_frames", "condition", "toy_kept"} <= set(report["vae_reconstruction"])
     assert set(report["base_condition_use"]) == {
         "first_frame",
         "motion_frames",
@@ -108,6 +111,16 @@ def test_the_quick_recipe_runs_every_phase_into_a_loadable_folder_and_resumes(tm
     assert augmentation.data.latent_cache is None and not augmentation.recycling_settings().enabled
 
 
+def test_the_vae_toy_stage_crops_around_the_toy_and_weighs_its_pixels():
+    video, weights = toy_clip(7, 17, (48, 64))
+    assert video.shape == (3, 17, 48, 64) and weights.shape == (17, 48, 64)
+    # The toy is in the crop (a toy that wraps round the frame's edge may leave it for a few frames): full weight
+    # inside it, 1 far from it.
+    assert weights.max() == 1 + TOY_WEIGHT and weights.min() == 1
+    again, same_weights = toy_clip(7, 17, (48, 64))
+    assert torch.equal(video, again) and torch.equal(weights, same_weights)
+
+
 def test_the_demo_model_setting_names_what_is_wrong(monkeypatch, tmp_path):
     monkeypatch.setenv("SVI_DEMO_MODEL", "random")
     assert demo_model_folder() is None
@@ -119,9 +132,10 @@ def test_the_demo_model_setting_names_what_is_wrong(monkeypatch, tmp_path):
 def test_eval_drift_writes_its_json_plot_and_contact_sheet(tmp_path):
     model = save_tiny_model(tmp_path / "tiny")
     paths = run_drift_benchmark(
-        tmp_path / "tiny", [Variant("base"), Variant("erft")], films=1, clips=2, steps=1, out=tmp_path / "out"
+        tmp_path / "tiny", [Variant("base"), Variant("erft")], films=1, clips=2, steps=1, out=tmp_path / "out", name="a"
     )
     assert model and [p.suffix for p in paths] == [".json", ".png", ".png"] and all(p.is_file() for p in paths)
+    assert all(re.fullmatch(r"drift-\d{4}-\d\d-\d\d-a(-contact)?", p.stem) for p in paths)
     result = json.loads(paths[0].read_text())
     assert set(result["variants"]) == {"base", "erft"}
     assert len(result["variants"]["base"]["per_clip"]["colour_drift"]) == 2

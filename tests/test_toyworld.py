@@ -24,6 +24,7 @@ from svi_model.toyworld import (
     random_scene,
     render_frames,
     state_caption,
+    toy_coverage,
     write_dataset,
     write_pictures,
 )
@@ -65,6 +66,15 @@ def test_rendering_is_deterministic_uint8_frames():
     assert made.shape == (F, H, W, 3) and made.dtype == np.uint8
     np.testing.assert_array_equal(made, render_frames(scene(camera="pan-right"), F, H, W))
     assert not np.array_equal(made[0], made[-1])
+
+
+def test_the_toy_coverage_is_where_the_toy_is_drawn():
+    """A box (no marker dot): every fully covered pixel is the toy's colour and no uncovered pixel is."""
+    box = scene(motion="roll-right", shape="box", size="big")
+    coverage, drawn = toy_coverage(box, F, H, W), toy_mask(render_frames(box, F, H, W), "red")
+    assert coverage.shape == (F, H, W) and coverage.dtype == np.float32
+    assert drawn[coverage == 1].all() and not drawn[coverage == 0].any()
+    np.testing.assert_allclose(centroid(coverage == 1), centroid(drawn), atol=0.5)
 
 
 def test_captions_say_the_true_state():

@@ -1,7 +1,7 @@
 """Train the demo model from nothing: `python -m svi_model.demo_model [OUT] [--work FOLDER] [--quick]`.
 
 Seeded and resumable (run the same command again after a stop); each phase shows a progress bar and its losses go
-to the work folder. 90 to 140 minutes on 2 CPU cores; `--quick` runs every phase for a few steps (a smoke check).
+to the work folder. 100 to 160 minutes on 2 CPU cores; `--quick` runs every phase for a few steps (a smoke check).
 `--ablations` then trains the drift evaluation's ablation LoRAs on the same base (about 10 minutes more) and prints
 the `svi eval drift` command that compares all four.
 """

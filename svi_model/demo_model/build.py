@@ -35,7 +35,7 @@ from .lora_phase import train_lora
 from .model_folder import set_latent_statistics, write_model_folder
 from .recipe import FPS, HEIGHT, TRAINING_CLIPS, VIDEO_FRAMES, WIDTH, DemoRecipe, demo_transformer
 from .shipped import LORA_FILE
-from .vae_phase import reconstruction_psnr, train_vae
+from .vae_phase import reconstruction_quality, train_vae
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,15 @@ def build_demo_model(out: Path, work: Path, recipe: DemoRecipe = DemoRecipe(), p
     # The check takes minutes on 2 cores: a resumed build reuses its figures when they were measured on this very
     # checkpoint (its hash is stored beside them).
     checkpoint = hashlib.sha256((work / "vae.pt").read_bytes()).hexdigest()
-    if report.get("vae_psnr", {}).get("checkpoint_sha256") != checkpoint:
-        psnr = timed("vae_check", lambda: reconstruction_psnr(vae, recipe.seed, recipe.check_clips))
-        report["vae_psnr"] = {**psnr, "checkpoint_sha256": checkpoint}
-    psnr = report["vae_psnr"]
-    log.info("phase 1 VAE reconstruction PSNR: %s", psnr)
-    if psnr["first_frame"] < recipe.min_vae_psnr:
+    if report.get("vae_reconstruction", {}).get("checkpoint_sha256") != checkpoint:
+        quality = timed("vae_check", lambda: reconstruction_quality(vae, recipe.seed, recipe.check_clips))
+        report["vae_reconstruction"] = {**quality, "checkpoint_sha256": checkpoint}
+    quality = report["vae_reconstruction"]
+    log.info("phase 1 VAE reconstruction: %s", quality)
+    if quality["first_frame"] < recipe.min_vae_psnr:
         raise PhaseCheckFailed(
-            f"phase 1's VAE reconstructs held-out first frames at {psnr['first_frame']:.1f} dB, below the "
-            f"{recipe.min_vae_psnr} dB phase 2 needs (all figures: {psnr}); train it longer (vae_steps)"
+            f"phase 1's VAE reconstructs held-out first frames at {quality['first_frame']:.1f} dB, below the "
+            f"{recipe.min_vae_psnr} dB phase 2 needs (all figures: {quality}); train it longer (vae_steps)"
         )
     set_latent_statistics(vae, recipe.seed, recipe.statistics_clips)
 

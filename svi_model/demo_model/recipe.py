@@ -4,7 +4,7 @@ Sizes are chosen for 2 CPU cores. 64×112 frames, 33 per clip (9 latent frames),
 compresses 4× in space (two spatial stages, both also temporal: Wan's 4× in time after a lone first frame), so a
 clip is 9 × 16 × 28 latents; the DiT's 2×2 patches make that 1008 tokens. A clip encodes in about half a second
 and a 30-step clip renders in a few seconds. The phase lengths are step counts (so a seed always gives the same
-weights); on 2 cores the whole recipe takes 90 to 140 minutes, with the cores' speed (see the README's figures).
+weights); on 2 cores the whole recipe takes 100 to 160 minutes, with the cores' speed (see the README's figures).
 """
 
 import math
@@ -41,6 +41,8 @@ class DemoRecipe:
         `vae_long_steps` more on whole-length clips (NUM_FRAMES, batch 1) at `vae_long_learning_rate`: a causal
         VAE trained on short clips only reconstructs the frames after them at about 10 dB (measured: 24-27 dB for
         frames 0-8 of a 33-frame clip, 10-17 dB from frame 9 on).
+    vae_toy_*: then `vae_toy_steps` on `vae_toy_frames`-frame clips cropped to `vae_toy_crop` around the toy, its
+        pixels weighed up (`vae_phase.toy_clip`): the first two stages keep backgrounds and lose moving toys.
     check_clips: held-out clips phase 1's reconstruction is measured on, and min_vae_psnr the first-frame PSNR
         (dB) it must reach before phase 2 starts (below it the DiT would learn the VAE's blur, not the world).
     statistics_clips: clips the latents' per-channel mean and deviation are measured on (the VAE's
@@ -59,6 +61,10 @@ class DemoRecipe:
     vae_learning_rate: float = 1e-3
     vae_long_steps: int = 500
     vae_long_learning_rate: float = 2e-4
+    vae_toy_steps: int = 1000
+    vae_toy_frames: int = 17
+    vae_toy_crop: tuple[int, int] = (48, 64)
+    vae_toy_learning_rate: float = 3e-4
     check_clips: int = 8
     min_vae_psnr: float = 22.0
     statistics_clips: int = 16
@@ -77,6 +83,7 @@ class DemoRecipe:
             videos=6,
             vae_steps=3,
             vae_long_steps=1,
+            vae_toy_steps=1,
             vae_batch=1,
             check_clips=1,
             min_vae_psnr=0.0,

@@ -16,9 +16,11 @@ def run_drift_benchmark(
     steps: int = 20,
     out: Path = Path("bench/results"),
     progress: bool = True,
+    name: str | None = None,
 ) -> list[Path]:
     """Render `films` held-out toy-world films of `clips` clips with every variant, measure them, and write
-    `drift-<date>.json`, `drift-<date>.png` (metrics against the clip index) and `drift-<date>-contact.png`.
+    `<stem>.json`, `<stem>.png` (metrics against the clip index) and `<stem>-contact.png`, where the stem is
+    `drift-<date>`, or `drift-<date>-<name>` with a name (so that runs of one day do not overwrite each other).
 
     The films are at the demo model's size (112×64, 33 frames a clip). Targets are reported when variants named
     `base` and `erft` are both there. Returns the paths written.
@@ -27,13 +29,14 @@ def run_drift_benchmark(
     results = [evaluate_variant(model, v, held_out, clips, NUM_FRAMES, steps, progress) for v in variants]
     named = {r.variant.name: r for r in results}
     summary = targets(named["base"], named["erft"]) if {"base", "erft"} <= named.keys() else {}
-    stamp = datetime.date.today().isoformat()
+    stem = f"drift-{datetime.date.today().isoformat()}" + (f"-{name}" if name else "")
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"drift-{stamp}.json", out / f"drift-{stamp}.png", out / f"drift-{stamp}-contact.png"]
+    paths = [out / f"{stem}.json", out / f"{stem}.png", out / f"{stem}-contact.png"]
     header = {"model": str(model), "films": films, "clips": clips, "steps": steps, "frames_per_clip": NUM_FRAMES}
     header["command"] = "svi eval drift " + " ".join(
-        [f"--films {films}", f"--clips {clips}", f"--steps {steps}"]
+        [f"--model {model}", f"--films {films}", f"--clips {clips}", f"--steps {steps}"]
         + [f"--variant {v.name}={v.lora or 'none'}@{v.scale}" for v in variants]
+        + ([f"--name {name}"] if name else [])
     )
     write_json(paths[0], header, results, summary)
     write_plot(paths[1], results)

@@ -19,7 +19,7 @@ from .captions import (
     tags,
 )
 from .files import write_dataset, write_pictures
-from .render import render_frames
+from .render import render_frames, toy_coverage
 from .scene import CAMERAS, COLOURS, MOTIONS, PATTERNS, SHAPES, SIZES, Background, Scene, Toy, random_scene
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "render_frames",
     "state_caption",
     "tags",
+    "toy_coverage",
     "write_dataset",
     "write_pictures",
 ]

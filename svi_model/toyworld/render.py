@@ -36,6 +36,15 @@ def render_frames(scene: Scene, num_frames: int, height: int, width: int) -> np.
     return np.round(frames).astype(np.uint8)
 
 
+def toy_coverage(scene: Scene, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Where the toy is in each frame of `scene`: float32 `[num_frames, height, width]` in [0, 1], the share of each
+    pixel it covers (1 inside, fractional on the anti-aliased rim, 0 on the background)."""
+    ys = (np.arange(height, dtype=np.float32) + 0.5)[None, :, None]
+    xs = (np.arange(width, dtype=np.float32) + 0.5)[None, None, :]
+    coverage, _ = _toy_coverage(scene.toy.shape, track(scene, num_frames, height, width), xs, ys)
+    return coverage
+
+
 def _background(
     background: Background, pan: np.ndarray, xs: np.ndarray, ys: np.ndarray, height: int, width: int
 ) -> np.ndarray:
