@@ -150,7 +150,8 @@ def reconstruction_quality(vae: AutoencoderKLWan, seed: int, count: int = 8, num
     (dB) of frame 0, of the later frames, and of conditions as the demo pads them (five real frames, then a frame
     of the same scene from after the clip, as `recipe.TRAINING_CLIPS` pads with one from outside); and
     `toy_kept`, the toy's pixels found in the reconstruction's later frames over those in the truth's
-    (`drift.metrics.toy_mask`: 1 when every toy pixel keeps its colour, 0 when the toy is lost)."""
+    (`drift.metrics.toy_mask`: 1 when every toy pixel keeps its colour, 0 when the toy is lost, above 1 when its
+    colour spreads around it)."""
     results = {"first_frame": [], "later_frames": [], "condition": [], "toy_kept": []}
     for index in range(count):
         rng = np.random.default_rng(derived_seed(seed, "vae-check", index))
