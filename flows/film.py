@@ -29,6 +29,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.runtime import flow_run
 from tqdm.auto import tqdm
 
 from flows.crashes import close_crashed_attempt
@@ -137,7 +138,7 @@ def _claimed_run_folder(request: FilmRequest) -> Iterator[None]:
     """Every file the request names checked (a bad path found later would leave a request in the run folder that
     the corrected command then meets as "another film"), then the run folder held for this run alone."""
     check_inputs(request)
-    with RunFolder(request.output.run_dir).claimed():
+    with RunFolder(request.output.run_dir).claimed(owner=flow_run.get_id()):  # None outside a flow run
         yield
 
 
@@ -193,9 +194,11 @@ def prompts(request: FilmRequest = FilmRequest()) -> list[Path]:
 def film(request: FilmRequest = FilmRequest()) -> Path:
     """Make one film (its chapters joined with a crossfade); returns the path of film.mp4 in the run folder.
     Relative paths in the request are taken from the data root (`cache_root`), wherever the flow runs."""
-    close_crashed_attempt()
     request = anchored_paths(request, cache_root())
     with _claimed_run_folder(request):
+        # Once the folder is held: an attempt that waited for another attempt of this run finds it done, with no
+        # task run of it left Running to close.
+        close_crashed_attempt()
         return _film(request)
 
 

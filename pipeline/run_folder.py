@@ -12,6 +12,7 @@ runs/<name>/
   chapters/00/ …        a film in chapters: each chapter is a run folder of its own
 """
 
+import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +25,13 @@ from filelock import FileLock, Timeout
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from svi_model.atomic_files import atomic_path, remove_leftovers
+from svi_model.atomic_files import atomic_path, remove_leftovers, write_text_atomic
 from svi_model.chain import ChainState
+
+log = logging.getLogger(__name__)
+
+# Beside `.lock`: the id of the flow run that holds the folder (`RunFolder.claimed`).
+OWNER_FILE = ".lock-owner"
 
 
 class RunFolderInUse(ValueError):
@@ -37,24 +43,45 @@ class RunFolder:
     root: Path
 
     @contextmanager
-    def claimed(self) -> Iterator["RunFolder"]:
+    def claimed(self, owner: str | None = None) -> Iterator["RunFolder"]:
         """Hold the run folder for one run (a lock on `.lock` in it): a second run on the same folder fails at once
         instead of racing the first on every file. The OS releases the lock when the holder dies, so a killed run
-        never leaves its folder held; the temporary files it was writing are removed here."""
+        never leaves its folder held; the temporary files it was writing are removed here.
+
+        owner: who holds it (a Prefect flow run's id), kept in `.lock-owner` while held. A claim by the owner that
+        already holds the folder waits for it instead of failing: that is a second attempt of the same flow run,
+        which Prefect starts when a crash is reported twice (the run's worker and its runner each report it; the
+        later report can land on the attempt that took the run again, and the retry automation then schedules it
+        once more). The waiting attempt goes on when the first one is done, and finds its clips made."""
         self.root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.root / ".lock")
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise RunFolderInUse(
-                f"{self.root} is in use by another run: wait for it to finish, or choose another --run-dir"
-            ) from None
+            if owner is None or self._owner() != owner:
+                raise RunFolderInUse(
+                    f"{self.root} is in use by another run: wait for it to finish, or choose another --run-dir"
+                ) from None
+            log.warning("another attempt of this run holds %s: waiting for it to finish", self.root)
+            lock.acquire()
         try:
+            if owner is None:  # what a killed holder said of itself is no longer true
+                (self.root / OWNER_FILE).unlink(missing_ok=True)
+            else:
+                write_text_atomic(self.root / OWNER_FILE, owner)
             for folder in (self.root, self.clips):  # what a run killed mid-write left
                 remove_leftovers(folder)
             yield self
         finally:
+            (self.root / OWNER_FILE).unlink(missing_ok=True)
             lock.release()
+
+    def _owner(self) -> str | None:
+        """Who holds the folder, as its claim said (None: not said, or not held)."""
+        try:
+            return (self.root / OWNER_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
 
     @property
     def request(self) -> Path:

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from prefect.settings import PREFECT_API_URL
 import flows.film  # noqa: F401  (Prefect sets up its log handlers on import: on the real stderr, not a captured one)
 from flows import cli
 from flows.cli import main
+from pipeline.run_folder import OWNER_FILE, RunFolder, RunFolderInUse
 from svi_model.tiny import save_tiny_model
 
 SMALL = ["--clips", "1", "--num-frames", "9", "--steps", "2", "--max-width", "128"]
@@ -101,6 +103,38 @@ def test_a_run_folder_another_run_holds_is_refused_at_once(tmp_path, picture, ca
         assert error == f"error: {run} is in use by another run: wait for it to finish, or choose another --run-dir"
         assert sorted(p.name for p in run.iterdir()) == [".lock"]
     assert main(args) == 0  # once it is free
+
+
+def test_a_second_attempt_of_the_same_run_waits_for_the_folder_and_another_run_does_not(tmp_path):
+    """Prefect can start a flow run twice (a crash reported twice): the second attempt waits for the first to be
+    done with the folder, where another run is refused at once."""
+    folder, events = RunFolder(tmp_path / "run"), []
+    held = threading.Event()
+
+    def first_attempt():
+        with folder.claimed(owner="run-1"):
+            held.set()
+            time.sleep(1.0)
+            events.append("first done")
+
+    thread = threading.Thread(target=first_attempt)
+    thread.start()
+    held.wait(10)
+    with pytest.raises(RunFolderInUse, match="in use by another run"):
+        with folder.claimed(owner="run-2"):
+            pass
+    with pytest.raises(RunFolderInUse):
+        with folder.claimed():
+            pass
+    with folder.claimed(owner="run-1"):
+        events.append("second attempt")
+        assert (folder.root / OWNER_FILE).read_text() == "run-1"
+    thread.join()
+    assert events == ["first done", "second attempt"]
+    assert not (folder.root / OWNER_FILE).exists()
+    (folder.root / OWNER_FILE).write_text("run-9")  # what a killed holder left: not true of the next one
+    with folder.claimed():
+        assert not (folder.root / OWNER_FILE).exists()
 
 
 @pytest.mark.parametrize("without", [[], ["image_encoder", "image_processor"]])  # the second: Wan2.1-T2V's layout
