@@ -17,6 +17,7 @@ from pipeline.storyline.template import template_storyline
 from pipeline.synthesize.engines import loaded_sampler
 from svi_model.chain import FilmRenderer
 from svi_model.demo_model import LORA_FILE, SHIPPED_FOLDER, demo_model_folder
+from svi_model.demo_model.__main__ import main as demo_model_main
 from svi_model.demo_model.base_check import condition_use
 from svi_model.demo_model.build import build_demo_model
 from svi_model.demo_model.lora_phase import ABLATIONS, lora_config, train_ablation
@@ -80,7 +81,7 @@ def test_red_ball_finds_a_world_picture_of_a_red_ball_first():
     assert (toy.colour, toy.shape) == ("red", "ball")
 
 
-def test_the_quick_recipe_runs_every_phase_into_a_loadable_folder_and_resumes(tmp_path):
+def test_the_quick_recipe_runs_every_phase_into_a_loadable_folder_and_resumes(tmp_path, capsys):
     out, work = tmp_path / "model", tmp_path / "work"
     report = build_demo_model(out, work, DemoRecipe().quick(), progress=False)
     assert set(report["seconds"]) == {"videos", "vae", "vae_check", "latent_cache", "base", "base_check", "lora"}
@@ -99,6 +100,15 @@ def test_the_quick_recipe_runs_every_phase_into_a_loadable_folder_and_resumes(tm
     first_weights = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
     # A second run finds every phase finished and writes the same model.
     build_demo_model(out, work, DemoRecipe().quick(), progress=False)
+    again = load_wan_pipeline(out, device="cpu").transformer.state_dict()
+    assert all(torch.equal(first_weights[k], again[k]) for k in first_weights)
+    # --lora-steps trains phase 3 on from where it stopped; the base is not trained again.
+    demo_model_main([str(out), "--work", str(work), "--quick", "--lora-steps", "5"])
+    assert len((work / "lora" / "losses.csv").read_text().splitlines()) == 1 + 5
+    assert json.loads((work / "report.json").read_text())["recipe"]["lora_steps"] == 5
+    with pytest.raises(SystemExit, match="1"):  # fewer steps than the work folder's LoRA already has
+        demo_model_main([str(out), "--work", str(work), "--quick"])
+    assert "at step 5, past this run's 3 steps" in capsys.readouterr().err
     again = load_wan_pipeline(out, device="cpu").transformer.state_dict()
     assert all(torch.equal(first_weights[k], again[k]) for k in first_weights)
     # The ablation LoRAs train on the same base: one from the cache, the augmentation one from the videos.

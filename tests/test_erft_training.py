@@ -257,6 +257,9 @@ def test_resume_refuses_changed_settings_and_a_fresh_start_over_checkpoints(trai
         train(config.model_copy(update={"learning_rate": 5e-4}))
     with pytest.raises(TrainConfigError, match="holds checkpoints of an earlier run"):
         train(config.model_copy(update={"resume": "none"}))
+    # Fewer steps than its last checkpoint: going on "from" it would write a LoRA trained longer than asked.
+    with pytest.raises(TrainConfigError, match=f"at step {STEPS}, past this run's 5 steps"):
+        train(config.model_copy(update={"steps": 5}))
 
 
 def test_plain_fine_tuning_in_raw_mode_banks_and_injects_nothing(model_folder, videos, tmp_path):

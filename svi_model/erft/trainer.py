@@ -155,6 +155,12 @@ class _Run:
                 f"checkpoint {folder} was written with other settings ({', '.join(changed)}); an exact resume needs "
                 "the same ones: restore them, or choose another output_dir"
             )
+        if saved.step > self.config.steps:
+            # Finishing "from" it would write a LoRA trained longer than the configuration says.
+            raise TrainConfigError(
+                f"checkpoint {folder} is at step {saved.step}, past this run's {self.config.steps} steps: set steps "
+                f"to at least {saved.step}, or choose another output_dir"
+            )
         return folder
 
     # ---- set-up ------------------------------------------------------------------------------------------------------
