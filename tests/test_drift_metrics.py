@@ -18,6 +18,7 @@ from svi_model.drift import (
     ssim_to_reference,
     toy_mask,
 )
+from svi_model.drift.evaluate import drift_growth
 from svi_model.toyworld import COLOURS, random_scene, render_frames
 from svi_model.toyworld.render import LIGHT
 
@@ -147,3 +148,15 @@ def test_clip_metrics_one_dict_per_clip_measured_on_new_frames():
     assert all(isinstance(value, float) for metrics in results for value in metrics.values() if value is not None)
     without_toy = clip_metrics([first], film[0])
     assert "toy_area_ratio" not in without_toy[0]
+
+
+def test_drift_growth_tells_a_drifting_chain_from_a_steady_one():
+    """A metric that worsens clip by clip grows; one that lost the same at clip 1 and stayed there (a chain whose
+    every clip is equally imperfect) does not, though both end at the same value."""
+    drifting = [0.0] + [0.1 * k for k in range(1, 30)]
+    steady = [0.0] + [2.9] * 29
+    growth = drift_growth({"colour_drift": drifting, "sharpness_ratio": steady, "seam_discontinuity": [None] * 30})
+    assert growth["colour_drift"] == pytest.approx(2.4)  # clips 25-29 (2.7) against clips 1-5 (0.3)
+    assert growth["sharpness_ratio"] == pytest.approx(0.0)
+    assert growth["seam_discontinuity"] is None
+    assert drift_growth({"colour_drift": drifting[:10]})["colour_drift"] is None  # too short to have a start and end

@@ -21,10 +21,10 @@ from svi_model.toyworld import (
     Scene,
     Toy,
     caption,
+    frames_and_toy_coverage,
     random_scene,
     render_frames,
     state_caption,
-    toy_coverage,
     write_dataset,
     write_pictures,
 )
@@ -71,7 +71,9 @@ def test_rendering_is_deterministic_uint8_frames():
 def test_the_toy_coverage_is_where_the_toy_is_drawn():
     """A box (no marker dot): every fully covered pixel is the toy's colour and no uncovered pixel is."""
     box = scene(motion="roll-right", shape="box", size="big")
-    coverage, drawn = toy_coverage(box, F, H, W), toy_mask(render_frames(box, F, H, W), "red")
+    frames, coverage = frames_and_toy_coverage(box, F, H, W)
+    drawn = toy_mask(frames, "red")
+    np.testing.assert_array_equal(frames, render_frames(box, F, H, W))
     assert coverage.shape == (F, H, W) and coverage.dtype == np.float32
     assert drawn[coverage == 1].all() and not drawn[coverage == 0].any()
     np.testing.assert_allclose(centroid(coverage == 1), centroid(drawn), atol=0.5)

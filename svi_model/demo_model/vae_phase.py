@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..conditioning import unit_range
 from ..drift.metrics import toy_mask
 from ..seeds import derived_seed
-from ..toyworld import random_scene, render_frames, toy_coverage
+from ..toyworld import frames_and_toy_coverage, random_scene, render_frames
 from . import phase_checkpoint
 from .recipe import HEIGHT, NUM_FRAMES, VIDEO_FRAMES, WIDTH, DemoRecipe, demo_vae, learning_rate_factor
 
@@ -70,8 +70,7 @@ def toy_clip(seed: int, num_frames: int, crop: tuple[int, int]) -> tuple[torch.T
     rng = np.random.default_rng(seed)
     start = int(rng.integers(VIDEO_FRAMES - num_frames))
     scene = random_scene(rng)
-    frames = render_frames(scene, start + num_frames, HEIGHT, WIDTH)[start:]
-    coverage = toy_coverage(scene, start + num_frames, HEIGHT, WIDTH)[start:]
+    frames, coverage = (part[start:] for part in frames_and_toy_coverage(scene, start + num_frames, HEIGHT, WIDTH))
     trail = np.stack([coverage[max(0, f - TRAIL_FRAMES + 1) : f + 1].max(axis=0) for f in range(num_frames)])
     where = coverage.sum(axis=0)
     corner = []

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 HELD_OUT_SEED = 20261201
 # Which clips the contact sheet shows (the last clip is added).
 CONTACT_CLIPS = (0, 10, 25)
+# `drift_growth` compares this many clips at the film's end with as many at its start (clips 1 on: clip 0 is not
+# conditioned on generated frames).
+GROWTH_WINDOW = 5
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,19 @@ def _mean(values: list[float | None]) -> float | None:
     """The mean of the values that are numbers (a metric is None for clip 0's seam, NaN where a toy vanished)."""
     numbers = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(numbers)) if numbers else None
+
+
+def drift_growth(per_clip: dict[str, list[float | None]], window: int = GROWTH_WINDOW) -> dict[str, float | None]:
+    """Per metric, how much it moved along the chain: the mean of the last `window` clips minus that of clips 1 to
+    `window`. A figure at the last clip mixes what every clip loses (the model's error within one clip) with what
+    the chain adds up; this is the second alone, about 0 for a chain whose clips are as good at the end as at the
+    start. None where the film has fewer than 2·window + 1 clips or a metric has no value at its start or end."""
+    growth = {}
+    for name, values in per_clip.items():
+        start, end = _mean(values[1 : window + 1]), _mean(values[-window:])
+        known = len(values) > 2 * window and start is not None and end is not None
+        growth[name] = end - start if known else None
+    return growth
 
 
 def targets(base: VariantResult, erft: VariantResult) -> dict[str, float | bool | None]:

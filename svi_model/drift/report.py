@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..atomic_files import atomic_path, write_text_atomic
-from .evaluate import METRICS, VariantResult
+from .evaluate import METRICS, VariantResult, drift_growth
 
 # Contact-sheet frames are small (112×64); shown at this many times their size.
 CONTACT_SCALE = 3
@@ -16,13 +16,15 @@ LABEL_WIDTH = 150
 
 
 def write_json(path: Path, header: dict, results: list[VariantResult], summary: dict) -> None:
-    """Every per-clip mean of every variant, with the run's settings (`header`) and the targets (`summary`)."""
+    """Every per-clip mean of every variant and how far each metric moved along the chain (`drift_growth`), with
+    the run's settings (`header`) and the targets (`summary`)."""
     variants = {
         r.variant.name: {
             "lora": None if r.variant.lora is None else str(r.variant.lora),
             "scale": r.variant.scale,
             "seconds": round(r.seconds, 1),
             "last_clip": {name: values[-1] for name, values in r.per_clip.items()},
+            "growth": drift_growth(r.per_clip),
             "per_clip": r.per_clip,
         }
         for r in results

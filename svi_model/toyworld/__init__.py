@@ -19,7 +19,7 @@ from .captions import (
     tags,
 )
 from .files import write_dataset, write_pictures
-from .render import render_frames, toy_coverage
+from .render import frames_and_toy_coverage, render_frames
 from .scene import CAMERAS, COLOURS, MOTIONS, PATTERNS, SHAPES, SIZES, Background, Scene, Toy, random_scene
 
 __all__ = [
@@ -40,11 +40,11 @@ __all__ = [
     "Scene",
     "Toy",
     "caption",
+    "frames_and_toy_coverage",
     "random_scene",
     "render_frames",
     "state_caption",
     "tags",
-    "toy_coverage",
     "write_dataset",
     "write_pictures",
 ]

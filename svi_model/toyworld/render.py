@@ -22,6 +22,13 @@ TRIANGLE_CIRCUMRADIUS = 1.2
 
 def render_frames(scene: Scene, num_frames: int, height: int, width: int) -> np.ndarray:
     """The clip of `scene`: uint8 `[num_frames, height, width, 3]`, the same for the same arguments."""
+    return frames_and_toy_coverage(scene, num_frames, height, width)[0]
+
+
+def frames_and_toy_coverage(scene: Scene, num_frames: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clip of `scene` (uint8 `[num_frames, height, width, 3]`, as `render_frames` draws it) and where its toy
+    is in each frame: float32 `[num_frames, height, width]` in [0, 1], the share of each pixel the toy covers (1
+    inside, fractional on the anti-aliased rim, 0 on the background)."""
     if num_frames < 1 or height < 1 or width < 1:
         raise ValueError(f"need at least one frame of at least 1×1 pixels, got {num_frames}×{height}×{width}")
     state = track(scene, num_frames, height, width)
@@ -33,16 +40,7 @@ def render_frames(scene: Scene, num_frames: int, height: int, width: int) -> np.
     colour = np.array(COLOURS[scene.toy.colour], np.float32)
     frames += coverage[..., None] * (colour - frames)
     frames += marker[..., None] * (colour * MARKER_SHADE - frames)
-    return np.round(frames).astype(np.uint8)
-
-
-def toy_coverage(scene: Scene, num_frames: int, height: int, width: int) -> np.ndarray:
-    """Where the toy is in each frame of `scene`: float32 `[num_frames, height, width]` in [0, 1], the share of each
-    pixel it covers (1 inside, fractional on the anti-aliased rim, 0 on the background)."""
-    ys = (np.arange(height, dtype=np.float32) + 0.5)[None, :, None]
-    xs = (np.arange(width, dtype=np.float32) + 0.5)[None, None, :]
-    coverage, _ = _toy_coverage(scene.toy.shape, track(scene, num_frames, height, width), xs, ys)
-    return coverage
+    return np.round(frames).astype(np.uint8), coverage
 
 
 def _background(
