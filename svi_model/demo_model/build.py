@@ -5,7 +5,7 @@ work/vae.pt          phase 1's checkpoint;  work/encoder-model/  the folder the 
 work/latents/        the latent cache (the ERFT trainer's format)
 work/base.pt         phase 2's checkpoint;  work/base-model/     the base model folder
 work/lora/           phase 3, the ERFT trainer's output folder (checkpoints, losses.csv, the LoRA)
-work/report.json     what each phase measured, and how long it took
+work/report.json     what each phase measured, and how long it took (summed over every invocation that ran it)
 out/                 the result: the base model folder, with the SVI LoRA in it as `svi-film.safetensors`
 """
 
