@@ -150,6 +150,10 @@ def test_eval_drift_writes_its_json_plot_and_contact_sheet(tmp_path):
     assert set(result["variants"]) == {"base", "erft"}
     assert len(result["variants"]["base"]["per_clip"]["colour_drift"]) == 2
     assert result["variants"]["base"]["per_clip"]["seam_discontinuity"][0] is None
+    # Each film's figures are kept: one film here, so they are the means.
+    per_film = result["variants"]["erft"]["per_film"]
+    assert set(per_film) == set(result["variants"]["erft"]["per_clip"])
+    assert all(per_film[name] == [result["variants"]["erft"]["per_clip"][name]] for name in per_film)
 
 
 # What the shipped model must do with the demo's settings. The 2026-12-07 build with the VAE's toy stage measured

@@ -57,10 +57,13 @@ class HeldOutFilm:
 
 @dataclass
 class VariantResult:
-    """A variant's per-clip means over the films (`per_clip[metric][k]`), its contact frames, its render time."""
+    """A variant's per-clip means over the films (`per_clip[metric][k]`), each film's own figures
+    (`per_film[metric][film][k]`: paired comparisons between variants, which render the same films), its contact
+    frames, its render time."""
 
     variant: Variant
     per_clip: dict[str, list[float | None]]
+    per_film: dict[str, list[list[float | None]]] = field(default_factory=dict)
     contact: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -113,13 +116,19 @@ def evaluate_variant(
             bar.update()
         per_film.append(clip_metrics(frames, film.reference.numpy(), film.toy_colour, settings.motion_frames))
     bar.close()
-    per_clip = {name: [_mean([film[k].get(name) for film in per_film]) for k in range(clips)] for name in METRICS}
-    return VariantResult(variant, per_clip, contact, time.perf_counter() - started)
+    by_film = {name: [[_number(film[k].get(name)) for k in range(clips)] for film in per_film] for name in METRICS}
+    per_clip = {name: [_mean([film[k] for film in by_film[name]]) for k in range(clips)] for name in METRICS}
+    return VariantResult(variant, per_clip, by_film, contact, time.perf_counter() - started)
+
+
+def _number(value: float | None) -> float | None:
+    """A metric as a number, or None where it has none (None for clip 0's seam, NaN where a toy vanished)."""
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _mean(values: list[float | None]) -> float | None:
-    """The mean of the values that are numbers (a metric is None for clip 0's seam, NaN where a toy vanished)."""
-    numbers = [v for v in values if v is not None and np.isfinite(v)]
+    """The mean of the values that are numbers (`_number`)."""
+    numbers = [v for v in values if _number(v) is not None]
     return float(np.mean(numbers)) if numbers else None
 
 

@@ -16,8 +16,8 @@ LABEL_WIDTH = 150
 
 
 def write_json(path: Path, header: dict, results: list[VariantResult], summary: dict) -> None:
-    """Every per-clip mean of every variant and how far each metric moved along the chain (`drift_growth`), with
-    the run's settings (`header`) and the targets (`summary`)."""
+    """Every per-clip mean of every variant, each film's figures behind them, and how far each metric moved along
+    the chain (`drift_growth`), with the run's settings (`header`) and the targets (`summary`)."""
     variants = {
         r.variant.name: {
             "lora": None if r.variant.lora is None else str(r.variant.lora),
@@ -26,6 +26,7 @@ def write_json(path: Path, header: dict, results: list[VariantResult], summary: 
             "last_clip": {name: values[-1] for name, values in r.per_clip.items()},
             "growth": drift_growth(r.per_clip),
             "per_clip": r.per_clip,
+            "per_film": r.per_film,
         }
         for r in results
     }
