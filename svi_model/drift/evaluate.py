@@ -57,15 +57,18 @@ class HeldOutFilm:
 
 @dataclass
 class VariantResult:
-    """A variant's per-clip means over the films (`per_clip[metric][k]`), each film's own figures
-    (`per_film[metric][film][k]`: paired comparisons between variants, which render the same films), its contact
-    frames, its render time."""
+    """A variant's figures, each film's own (`per_film[metric][film][k]`: paired comparisons between variants,
+    which render the same films), its contact frames, its render time."""
 
     variant: Variant
-    per_clip: dict[str, list[float | None]]
-    per_film: dict[str, list[list[float | None]]] = field(default_factory=dict)
+    per_film: dict[str, list[list[float | None]]]
     contact: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def per_clip(self) -> dict[str, list[float | None]]:
+        """Each metric's mean over the films, clip by clip (`per_clip[metric][k]`; None where no film has a value)."""
+        return {name: [_mean(list(clip)) for clip in zip(*films, strict=True)] for name, films in self.per_film.items()}
 
 
 def contact_clips(clips: int) -> list[int]:
@@ -117,8 +120,7 @@ def evaluate_variant(
         per_film.append(clip_metrics(frames, film.reference.numpy(), film.toy_colour, settings.motion_frames))
     bar.close()
     by_film = {name: [[_number(film[k].get(name)) for k in range(clips)] for film in per_film] for name in METRICS}
-    per_clip = {name: [_mean([film[k] for film in by_film[name]]) for k in range(clips)] for name in METRICS}
-    return VariantResult(variant, per_clip, by_film, contact, time.perf_counter() - started)
+    return VariantResult(variant, by_film, contact, time.perf_counter() - started)
 
 
 def _number(value: float | None) -> float | None:

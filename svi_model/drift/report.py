@@ -18,19 +18,21 @@ LABEL_WIDTH = 150
 def write_json(path: Path, header: dict, results: list[VariantResult], summary: dict) -> None:
     """Every per-clip mean of every variant, each film's figures behind them, and how far each metric moved along
     the chain (`drift_growth`), with the run's settings (`header`) and the targets (`summary`)."""
-    variants = {
-        r.variant.name: {
-            "lora": None if r.variant.lora is None else str(r.variant.lora),
-            "scale": r.variant.scale,
-            "seconds": round(r.seconds, 1),
-            "last_clip": {name: values[-1] for name, values in r.per_clip.items()},
-            "growth": drift_growth(r.per_clip),
-            "per_clip": r.per_clip,
-            "per_film": r.per_film,
-        }
-        for r in results
-    }
+    variants = {r.variant.name: _variant_json(r) for r in results}
     write_text_atomic(path, json.dumps(header | {"variants": variants, "targets": summary}, indent=2) + "\n")
+
+
+def _variant_json(result: VariantResult) -> dict:
+    per_clip = result.per_clip  # computed from per_film on each access: once here
+    return {
+        "lora": None if result.variant.lora is None else str(result.variant.lora),
+        "scale": result.variant.scale,
+        "seconds": round(result.seconds, 1),
+        "last_clip": {name: values[-1] for name, values in per_clip.items()},
+        "growth": drift_growth(per_clip),
+        "per_clip": per_clip,
+        "per_film": result.per_film,
+    }
 
 
 def write_plot(path: Path, results: list[VariantResult]) -> None:
